@@ -1,0 +1,1 @@
+"""The machine description (parameters, ISA) and the Amaranth components built from it."""

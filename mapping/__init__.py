@@ -1,0 +1,1 @@
+"""Checkpoints, the GPT graph, placement onto channels and banks, code generation, ``.pimbin``."""

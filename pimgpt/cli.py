@@ -1,0 +1,152 @@
+"""The ``pimgpt`` command: one subcommand per job, each with ``--help``.
+
+Every user-facing error is a :class:`~pimgpt.errors.PimgptError`, printed as one line
+``pimgpt: error: ...`` with exit status 2. Commands that write files write them atomically, so a
+failed command leaves no partial output behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Callable, Sequence
+
+from pimgpt.errors import PimgptError
+
+EPILOG = """\
+typical session:
+  pimgpt run --prompt "Hello" --tokens 8          built-in default model, compiled and run
+  pimgpt compile --model gpt2-small -o g.pimbin   compile a built-in shape (seeded weights)
+  pimgpt compile path/to/hf-gpt2-dir -o g.pimbin  compile a Hugging Face GPT-2 checkpoint
+  pimgpt run g.pimbin --prompt-ids 1,2,3 --tokens 4
+  pimgpt disasm g.pimbin | less                   read the program
+  pimgpt config show --preset tiny --json         the machine description
+"""
+
+
+def _add_config_args(p: argparse.ArgumentParser, default: str = "paper") -> None:
+    g = p.add_argument_group("machine")
+    g.add_argument("--preset", metavar="NAME",
+                   help=f"built-in machine description: paper, tiny or gddr6 (default: {default})")
+    g.add_argument("--config", metavar="FILE",
+                   help="machine description in TOML (may start from a preset with base = \"...\")")
+
+
+def _add_model_args(p: argparse.ArgumentParser, required: bool) -> None:
+    p.add_argument("checkpoint", nargs="?", metavar="CHECKPOINT",
+                   help="Hugging Face GPT-2 directory (config.json + model.safetensors), "
+                        "model.safetensors, nanoGPT .pt file" +
+                        (", or a compiled .pimbin" if not required else ""))
+    p.add_argument("--model", metavar="NAME",
+                   help="built-in model instead of a checkpoint (see 'pimgpt models')")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pimgpt",
+        description="Compile GPT checkpoints for the PIM-GPT accelerator (GPT token generation "
+                    "inside DRAM banks plus a small ASIC) and run them on its machine models.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from pimgpt import __version__
+    parser.add_argument("--version", action="version", version=f"pimgpt {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("run", help="compile (if needed) and generate tokens on the machine model",
+                       description="Generate tokens greedily on the functional PIM-GPT machine "
+                                   "model. Without a checkpoint it runs the built-in default "
+                                   "model. Prompt text needs a tokenizer: byte-level models "
+                                   "take UTF-8 bytes, GPT-2-vocabulary models need the [text] "
+                                   "extra (tiktoken).")
+    _add_model_args(p, required=False)
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--prompt", metavar="TEXT", help="prompt text")
+    src.add_argument("--prompt-ids", metavar="IDS", help="prompt token ids, comma-separated")
+    p.add_argument("--tokens", type=int, default=8, metavar="N",
+                   help="tokens to generate (default: 8)")
+    p.add_argument("--max-tokens", type=int, metavar="N",
+                   help="KV-cache positions to reserve when compiling (default: prompt + tokens)")
+    p.add_argument("--check", action="store_true",
+                   help="also run the golden model and the float32 reference and compare")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_config_args(p)
+    p.set_defaults(func=_cmd("pimgpt.mapping.commands", "cmd_run"))
+
+    p = sub.add_parser("compile", help="compile a checkpoint or built-in model into a .pimbin",
+                       description="Lower every prefill/decode step of a GPT-2-family model "
+                                   "into the PIM-GPT ISA, place the weights over all banks and "
+                                   "write the program and DRAM image.")
+    _add_model_args(p, required=True)
+    p.add_argument("-o", "--output", required=True, metavar="FILE", help="output .pimbin")
+    p.add_argument("--max-tokens", type=int, metavar="N",
+                   help="KV-cache positions to reserve (default: the model's context)")
+    p.add_argument("--layout-only", action="store_true",
+                   help="omit the DRAM image (timing studies of large models)")
+    p.add_argument("--json", action="store_true", help="print the layout report as JSON")
+    _add_config_args(p)
+    p.set_defaults(func=_cmd("pimgpt.mapping.commands", "cmd_compile"))
+
+    p = sub.add_parser("models", help="list the built-in models",
+                       description="Built-in model shapes (seeded random weights).")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_cmd("pimgpt.mapping.commands", "cmd_models"))
+
+    p = sub.add_parser("config", help="show the machine description",
+                       description="Print a machine description (preset or TOML file).")
+    csub = p.add_subparsers(dest="config_command", metavar="ACTION")
+    q = csub.add_parser("show", help="print the configuration")
+    _add_config_args(q)
+    q.add_argument("--json", action="store_true", help="machine-readable output")
+    q.set_defaults(func=_cmd("pimgpt.mapping.commands", "cmd_config_show"))
+    p.set_defaults(func=lambda args: _usage(p))
+
+    p = sub.add_parser("asm", help="assemble PIM-GPT assembly into a .pimbin",
+                       description="Assemble a .s file (syntax: docs/isa.md) into a .pimbin "
+                                   "holding its code for the given machine.")
+    p.add_argument("source", metavar="FILE.s")
+    p.add_argument("-o", "--output", required=True, metavar="FILE", help="output .pimbin")
+    _add_config_args(p)
+    p.set_defaults(func=_cmd("pimgpt.mapping.commands", "cmd_asm"))
+
+    p = sub.add_parser("disasm", help="disassemble a .pimbin",
+                       description="Print a .pimbin's header, sections and code as assembly "
+                                   "that 'pimgpt asm' turns back into the same code.")
+    p.add_argument("binary", metavar="FILE.pimbin")
+    p.add_argument("-o", "--output", metavar="FILE.s", help="write to a file instead of stdout")
+    p.set_defaults(func=_cmd("pimgpt.mapping.commands", "cmd_disasm"))
+    return parser
+
+
+def _cmd(module: str, name: str) -> Callable[[argparse.Namespace], int]:
+    """Import a command's module only when it runs (keeps --help fast)."""
+    def run(args: argparse.Namespace) -> int:
+        import importlib
+        return getattr(importlib.import_module(module), name)(args)
+    return run
+
+
+def _usage(p: argparse.ArgumentParser) -> int:
+    p.print_help()
+    return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except PimgptError as exc:
+        print(f"pimgpt: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("pimgpt: interrupted", file=sys.stderr)
+        return 130
+
+
+def print_json(obj: object) -> None:
+    """The one way commands print JSON (stable key order)."""
+    json.dump(obj, sys.stdout, indent=2, sort_keys=True)
+    sys.stdout.write("\n")

@@ -1,0 +1,1 @@
+"""Golden numerics, the functional machine model and the float32 reference."""
