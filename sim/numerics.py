@@ -24,8 +24,8 @@ EXP_COEFFS = tuple(F32(1.0 / np.prod(np.arange(1, k + 1, dtype=np.float64))) for
 LOG2E = F32(1.4426950408889634)
 LN2_HI = F32(0.693145751953125)  # 0x3F317200: k * LN2_HI is exact for |k| < 2^8
 LN2_LO = F32(1.4286067653302002e-06)  # ln 2 - LN2_HI, rounded
-EXP_HI = F32(88.72283935546875)  # largest x with finite exp(x) in binary32 (0x42B17218)
-EXP_LO = F32(-103.97208404541016)  # below this exp(x) rounds to +0 (0xC2CFF1B5)
+EXP_HI = F32(88.72283935546875)  # 0x42B17218: exp(x) rounds to +Inf for x >= this (x > it: forced)
+EXP_LO = F32(-103.97208404541016)  # 0xC2CFF1B5: exp(x) rounds to +0 for x <= this (x < it: forced)
 
 RECIP_SEED_A = F32(48.0 / 17.0)  # y0 = A - B*m on m in [0.5, 1): relative error <= 1/17
 RECIP_SEED_B = F32(32.0 / 17.0)
@@ -59,9 +59,8 @@ def f32_to_bf16_bits(x: np.ndarray) -> np.ndarray:
     rounded = bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))
     out = (rounded >> np.uint32(16)).astype(np.uint16)
     nan = (bits & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
-    if nan.any():
-        out[nan] = CANON_NAN_BF16
-    return out
+    # np.where, not item assignment: a scalar input gives a numpy scalar, which is read-only
+    return np.where(nan, CANON_NAN_BF16, out)[()]
 
 
 def bf16_bits_to_f32(b: np.ndarray) -> np.ndarray:
@@ -82,22 +81,26 @@ def mac_tree(products: np.ndarray) -> np.ndarray:
     Level by level, lane 2i is added to lane 2i+1, each addition rounded to binary32.
     """
     s = products
-    while s.shape[-1] > 1:
-        s = s[..., 0::2] + s[..., 1::2]
-    return s[..., 0]
+    with np.errstate(all="ignore"):  # Inf/NaN/overflow are ordinary IEEE results here
+        while s.shape[-1] > 1:
+            s = s[..., 0::2] + s[..., 1::2]
+    return canon(s[..., 0])
 
 
 def mac_accumulate(acc: np.ndarray, rows: np.ndarray, gb: np.ndarray) -> np.ndarray:
     """Apply MAC commands: ``acc`` (banks,) plus, column by column, the tree of the products.
 
-    ``rows``: BF16 operands as binary32, shape ``(banks, ncols, lanes)``; ``gb``: the global
-    buffer columns as binary32, shape ``(ncols, lanes)``. Per column the products
-    ``rows[b, c, l] * gb[c, l]`` (exact for normal BF16 operands) are summed by :func:`mac_tree`
-    and added to the accumulator, one rounding per addition, columns in order.
+    ``rows``: BF16 operands as binary32, shape ``(..., banks, ncols, lanes)``; ``gb``: the global
+    buffer columns as binary32, broadcastable to it (``(ncols, lanes)`` when all banks share one
+    buffer). Per column the products ``rows[b, c, l] * gb[c, l]`` (exact for normal BF16
+    operands) are summed by :func:`mac_tree` and added to the accumulator ``acc``
+    (``(..., banks)``), one rounding per addition, columns in order.
     """
-    trees = mac_tree(rows * gb[None, :, :])  # (banks, ncols)
-    stream = np.concatenate([np.asarray(acc, dtype=F32)[:, None], trees], axis=1)
-    return np.cumsum(stream, axis=1, dtype=F32)[:, -1]  # add.accumulate: left to right
+    with np.errstate(all="ignore"):
+        trees = mac_tree(rows * gb)  # (..., banks, ncols)
+        stream = np.concatenate([np.asarray(acc, dtype=F32)[..., None], trees], axis=-1)
+        acc = np.cumsum(stream, axis=-1, dtype=F32)[..., -1]  # add.accumulate: left to right
+    return canon(acc)  # the host's default NaN (0xFFC00000 on x86) is not the machine's
 
 
 def mac_dot(x: np.ndarray, w: np.ndarray, lanes: int) -> np.ndarray:
@@ -206,7 +209,8 @@ def vsum(x: np.ndarray, lanes: int) -> np.float32:
     rows = max(1, -(-n // lanes))
     grid = np.zeros((rows + 1, lanes), F32)  # row 0: the +0 each lane starts from
     grid.reshape(-1)[lanes:lanes + n] = x
-    lane_sums = np.cumsum(grid, axis=0, dtype=F32)[-1]
+    with np.errstate(all="ignore"):  # Inf/NaN/overflow are ordinary IEEE results here
+        lane_sums = np.cumsum(grid, axis=0, dtype=F32)[-1]
     return canon(np.asarray(mac_tree(lane_sums), dtype=F32))[()]
 
 

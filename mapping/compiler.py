@@ -1,0 +1,520 @@
+"""Lower a GPT-2-family model into one PIM-GPT decode-step program plus its DRAM image.
+
+The program processes one token: the host sets ``r1`` (position) and ``r2`` (token id), runs it
+to ``END`` and reads the greedy next token from ``r3``; the logits stay in vector memory at
+``meta["vmem"]["logits"]``. Prefill runs the same step once per prompt token. Position-dependent
+work (KV append, attention over ``pos + 1`` tokens) uses register-relative operands and loops.
+
+Per layer: LayerNorm -> fused QKV VMM -> K/V append -> q.K^T per head -> softmax -> score.V ->
+output projection -> residual -> LayerNorm -> FFN1 -> GELU -> FFN2 -> residual; then the final
+LayerNorm, the LM head and argmax. All VMMs run on every bank at once (``MAC_ABK`` to all
+channels); all other work runs on the ASIC vector unit (docs/numerics.md gives the arithmetic).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from pimgpt.errors import PimgptError
+from pimgpt.hdl import isa
+from pimgpt.hdl.isa import Opcode as Op
+from pimgpt.hdl.params import BF16_BYTES, MachineConfig
+from pimgpt.mapping.layout import (DramAllocator, KPlacement, MatrixPlacement, Region,
+                                   VectorPlacement, VmemAllocator, VPlacement, ceil_div,
+                                   round_up)
+from pimgpt.mapping.model import GPTSpec, GPTWeights
+from pimgpt.mapping.pimbin import PimBinary
+from pimgpt.sim.numerics import F32, f32_to_bf16_bits
+
+R0 = 0
+R_POS, R_TOK, R_OUT = isa.REG_POS, isa.REG_TOKEN_IN, isa.REG_TOKEN_OUT
+# scratch registers of the emitted code
+R_LEN = 4  # pos + 1: tokens attended to
+R_A, R_B, R_C, R_D = 5, 6, 7, 8
+R_LOOP, R_N, R_T = 9, 10, 11
+
+
+def _f32_bits(x: float) -> int:
+    return int(np.asarray(x, dtype=F32).view(np.uint32))
+
+
+class Emitter:
+    """Appends range-checked instructions; tiny helpers for loops."""
+
+    def __init__(self) -> None:
+        self.code: list[isa.Instruction] = []
+
+    @property
+    def pc(self) -> int:
+        return len(self.code)
+
+    def __call__(self, op: Op, **args: int) -> int:
+        self.code.append(isa.make(op, **args))
+        return self.pc - 1
+
+    def patch(self, pc: int, **args: int) -> None:
+        old = self.code[pc]
+        self.code[pc] = isa.make(old.op, **{**old.args, **args})
+
+    def sli(self, rd: int, value: int) -> None:
+        self(Op.SLI, rd=rd, imm=value)
+
+    def vec(self, op: Op, dst: int, a: int = 0, b: int = 0, n: int = 0, *, n_reg: int = 0,
+            dst_reg: int = 0, a_reg: int = 0, bcast: int = 0, imm: float | None = None,
+            rd: int = 0) -> None:
+        self(op, dst=dst, a=a, b=b, n=n, n_reg=n_reg, dst_reg=dst_reg, a_reg=a_reg,
+             bcast=bcast, imm=0 if imm is None else _f32_bits(imm), rd=rd)
+
+
+@dataclass
+class CompileReport:
+    """What the compiler tells a user about the placement."""
+
+    model: str
+    machine: str
+    params: int
+    max_tokens: int
+    instructions: int
+    weight_bytes: int
+    kv_bytes: int
+    used_bytes: int
+    capacity_bytes: int
+    row_utilisation: float
+    row_hit_bound: float
+    vmem_words: int
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+class Compiler:
+    """Plans the placement, fills the DRAM image and emits the decode-step program."""
+
+    def __init__(self, config: MachineConfig, weights: GPTWeights, max_tokens: int | None = None,
+                 with_image: bool = True, progress: Callable[[str], None] | None = None):
+        self.cfg = config
+        self.w = weights
+        self.spec: GPTSpec = weights.spec
+        self.with_image = with_image
+        self.progress = progress or (lambda _msg: None)
+        s, g = self.spec, config.geometry
+        self.max_tokens = s.n_ctx if max_tokens is None else max_tokens
+        if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) \
+                or self.max_tokens <= 0:
+            raise PimgptError(f"--max-tokens must be a positive integer, not {self.max_tokens!r}")
+        if self.max_tokens > s.n_ctx:
+            raise PimgptError(f"--max-tokens {self.max_tokens} exceeds the context of model "
+                              f"{s.name} ({s.n_ctx} positions)")
+        self.lanes = g.mac_lanes
+        self.banks = g.banks
+        self.nb = g.banks_per_channel
+        self.nc = g.channels
+        self.all_ch = (1 << self.nc) - 1
+        self.chunk = g.gb_elems
+        dhp = round_up(s.d_head, self.lanes)
+        if dhp > g.gb_elems or dhp > g.row_elems:
+            raise PimgptError(f"model {s.name}: a head of {s.d_head} values (padded {dhp}) "
+                              f"does not fit a row ({g.row_elems}) and the global buffer "
+                              f"({g.gb_elems}) of machine '{config.name}'")
+        self.e = Emitter()
+        self.dram = DramAllocator(config)
+        self.vmem = VmemAllocator(config)
+
+    # --- placement -------------------------------------------------------------------------
+
+    def _plan(self) -> None:
+        s, g = self.spec, self.cfg.geometry
+        d, f, L = s.d_model, s.d_ff, s.n_layer
+        mat = lambda name, d_in, d_out: MatrixPlacement(  # noqa: E731
+            self.dram.alloc(name, "matrix", MatrixPlacement.size_for(
+                d_in, d_out, self.banks, self.chunk, self.lanes), used=0),
+            d_in, d_out, self.banks, self.chunk, self.lanes)
+        self.mats: dict[str, MatrixPlacement] = {}
+        self.mats["wte.weight"] = mat("wte.weight", d, s.vocab)
+        if not s.tied_head:
+            self.mats["lm_head.weight"] = mat("lm_head.weight", d, s.vocab)
+        self.mats["wpe.weight"] = mat("wpe.weight", d, s.n_ctx)
+        for i in range(L):
+            p = f"h.{i}."
+            self.mats[p + "attn.c_attn.weight"] = mat(p + "attn.c_attn.weight", d, 3 * d)
+            self.mats[p + "attn.c_proj.weight"] = mat(p + "attn.c_proj.weight", d, d)
+            self.mats[p + "mlp.c_fc.weight"] = mat(p + "mlp.c_fc.weight", d, f)
+            self.mats[p + "mlp.c_proj.weight"] = mat(p + "mlp.c_proj.weight", f, d)
+        for m in self.mats.values():  # real weights per bank, for the row-utilisation figure
+            m.region.used = ceil_div(m.d_in * m.d_out, self.banks)
+        # small vectors: each whole in one bank, spread round-robin over the banks
+        vec_names = [n for n, shp in s.tensor_shapes().items() if len(shp) == 1]
+        per_bank = [0] * self.banks
+        homes: dict[str, tuple[int, int, int]] = {}
+        for idx, name in enumerate(vec_names):
+            bank = idx % self.banks
+            length = s.tensor_shapes()[name][0]
+            homes[name] = (bank, per_bank[bank], length)
+            per_bank[bank] += round_up(length, self.lanes)
+        vreg = self.dram.alloc("vectors", "vectors", max(per_bank),
+                               used=ceil_div(sum(s.tensor_shapes()[n][0] for n in vec_names),
+                                             self.banks))
+        for name, (bank, off, length) in homes.items():
+            homes[name] = (bank, vreg.start + off, length)
+        self.vectors = VectorPlacement(vreg, homes)
+        self.weights_top = self.dram.top
+        # KV cache, reserved up front for max_tokens positions
+        tokens_per_vrow = min(g.row_elems, g.gb_elems)
+        ksize = KPlacement.size_for(self.max_tokens, s.n_head, s.d_head, self.banks,
+                                    g.row_elems, self.lanes)
+        vsize = VPlacement.size_for(s.n_head, s.d_head, self.nc, self.nb, g.row_elems,
+                                    tokens_per_vrow, self.max_tokens)
+        self.kp: list[KPlacement] = []
+        self.vp: list[VPlacement] = []
+        for i in range(L):
+            kr = self.dram.alloc(f"h.{i}.k_cache", "k_cache", ksize,
+                                 used=ceil_div(self.max_tokens, self.banks) * d)
+            self.kp.append(KPlacement(kr, s.n_head, s.d_head, self.banks, g.row_elems,
+                                      self.lanes))
+            vr = self.dram.alloc(f"h.{i}.v_cache", "v_cache", vsize,
+                                 used=ceil_div(self.max_tokens * d, self.banks))
+            self.vp.append(VPlacement(vr, s.n_head, s.d_head, self.nc, self.nb, g.row_elems,
+                                      tokens_per_vrow, self.max_tokens))
+        self.dram.check_capacity(f"model {s.name} with a {self.max_tokens}-token KV cache")
+
+        # vector memory
+        va = self.vmem.alloc
+        pad_in = lambda n: round_up(n, self.chunk) + self.lanes  # noqa: E731  (zero tails)
+        dpad = pad_in(d)
+        self.v_x = va("x", d)
+        self.v_ln = va("ln_out", dpad)
+        self.v_qkv = va("qkv", self.mats["h.0.attn.c_attn.weight"].out_words if L else 0)
+        outs = [m.out_words for m in self.mats.values()]
+        self.v_tmp = va("partial", max(outs))
+        self.v_y = va("vmm_out", max(m.out_words for k, m in self.mats.items()
+                                     if not k.startswith(("wte", "wpe", "lm_head"))) if L else 0)
+        self.v_bias = va("bias", max(d, f, 3 * d))
+        self.v_gamma = va("gamma", d)
+        self.v_beta = va("beta", d)
+        self.v_s1 = va("scalar", 16)
+        self.v_emb = va("emb_pos", d)
+        self.v_qpad = va("q_padded", pad_in(s.n_head * round_up(s.d_head, self.lanes)))
+        self.s_stride = round_up(ceil_div(self.max_tokens, self.banks) * self.banks, 16) + 16
+        self.v_scores = va("scores", s.n_head * self.s_stride)
+        fs = ceil_div(s.d_head, self.nb)
+        rounds = ceil_div(s.n_head, self.nc)
+        self.v_opad = va("attn_partial", rounds * fs * self.nc * self.nb)
+        self.v_otmp = va("attn_partial_tmp", rounds * fs * self.nc * self.nb)
+        self.v_o = va("attn_out", pad_in(d))
+        self.v_act = va("ffn_act", pad_in(f))
+        self.v_logits = va("logits", self.mats["wte.weight"].out_words)
+        self.vmem.check_capacity(f"model {s.name}", self.cfg.asic.vmem_words)
+
+    # --- image -------------------------------------------------------------------------------
+
+    def _fill_image(self) -> np.ndarray | None:
+        if not self.with_image:
+            return None
+        image = np.zeros((self.banks, self.dram.top), np.uint16)
+        for name, m in self.mats.items():
+            self.progress(name)
+            wt = self.w.tensor(name)
+            # Conv1D weights are [in, out]; embeddings/head are [vocab, d] = [out, in] already
+            if name.startswith(("wte", "wpe", "lm_head")):
+                bits = f32_to_bf16_bits(np.asarray(wt, dtype=np.float32))
+            else:
+                bits = f32_to_bf16_bits(np.asarray(wt, dtype=np.float32).T)
+            m.fill(image, bits)
+            del wt, bits
+        for name, (bank, addr, length) in self.vectors.homes.items():
+            image[bank, addr:addr + length] = f32_to_bf16_bits(self.w.f32(name))
+        return image
+
+    # --- code ----------------------------------------------------------------------------------
+
+    def _load_vector(self, name: str, vaddr: int) -> None:
+        bank, addr, length = self.vectors.homes[name]
+        self.e(Op.RD_BANK, bank=bank, addr=addr, n=length, vaddr=vaddr)
+
+    def _vmm(self, name: str, x: int, y: int, bias: str | None) -> MatrixPlacement:
+        """y[0:d_out] = x @ W (+ bias): chunk by chunk, every group a row pass on all banks."""
+        m, e = self.mats[name], self.e
+        for k, (lo, length, seg, _off) in enumerate(m.chunks):
+            cols = seg // self.lanes
+            e(Op.WR_GB, ch_mask=self.all_ch, gb=0, n=cols, vaddr=x + lo)
+            dst = y if k == 0 else self.v_tmp
+            for grp in range(m.groups):
+                e(Op.MAC_ABK, ch_mask=self.all_ch, addr=m.segment_addr(k, grp), n=cols, gb=0)
+                e(Op.RD_MAC, ch_mask=self.all_ch, vaddr=dst + grp * self.banks)
+            if k:
+                e.vec(Op.VADD, y, y, self.v_tmp, m.d_out)
+        if bias is not None:
+            self._load_vector(bias, self.v_bias)
+            e.vec(Op.VADD, y, y, self.v_bias, m.d_out)
+        return m
+
+    def _layernorm(self, prefix: str, src: int, dst: int) -> None:
+        e, d = self.e, self.spec.d_model
+        self._load_vector(prefix + ".weight", self.v_gamma)
+        self._load_vector(prefix + ".bias", self.v_beta)
+        s = self.v_s1
+        inv_n = 1.0 / d
+        e.vec(Op.VSUM, s, src, n=d)
+        e.vec(Op.VMULI, s, s, n=1, imm=inv_n)
+        e.vec(Op.VSUB, dst, src, s, d, bcast=1)
+        e.vec(Op.VMUL, self.v_o, dst, dst, d)  # v_o is free here: squares
+        e.vec(Op.VSUM, s + 1, self.v_o, n=d)
+        e.vec(Op.VMULI, s + 1, s + 1, n=1, imm=inv_n)
+        e.vec(Op.VADDI, s + 1, s + 1, n=1, imm=self.spec.ln_eps)
+        e.vec(Op.VRSQRT, s + 1, s + 1, n=1)
+        e.vec(Op.VMUL, dst, dst, s + 1, d, bcast=1)
+        e.vec(Op.VMUL, dst, dst, self.v_gamma, d)
+        e.vec(Op.VADD, dst, dst, self.v_beta, d)
+
+    def _embed(self) -> None:
+        """x = wte[token] + wpe[pos], read from the matrices' placement (tied LM head)."""
+        e = self.e
+        for table, reg, dst in (("wte.weight", R_TOK, self.v_x), ("wpe.weight", R_POS,
+                                                                    self.v_emb)):
+            m = self.mats[table]
+            e(Op.SMOD, rd=R_A, rs=reg, imm=self.banks)  # bank
+            e(Op.SDIV, rd=R_B, rs=reg, imm=self.banks)  # group
+            for k, (lo, length, seg, _off) in enumerate(m.chunks):
+                e(Op.SMUL, rd=R_C, rs=R_B, imm=seg)
+                e(Op.RD_BANK, bank=0, bank_reg=R_A, addr=m.segment_addr(k, 0), addr_reg=R_C,
+                  n=length, vaddr=dst + lo)
+        e.vec(Op.VADD, self.v_x, self.v_x, self.v_emb, self.spec.d_model)
+
+    def _attention(self, layer: int) -> None:
+        s, e = self.spec, self.e
+        d, H, dh = s.d_model, s.n_head, s.d_head
+        kp, vp = self.kp[layer], self.vp[layer]
+        dhp = kp.dhp
+        q, k, v = self.v_qkv, self.v_qkv + d, self.v_qkv + 2 * d
+
+        # K append: token pos -> bank pos % banks, slot pos // banks
+        e(Op.SMOD, rd=R_A, rs=R_POS, imm=self.banks)
+        e(Op.SDIV, rd=R_B, rs=R_POS, imm=self.banks)
+        self._slot_base(kp, R_B, R_C)  # R_C = slot base address (relative to region start)
+        runs = self._k_runs(kp)
+        for h0, nh in runs:
+            e(Op.WR_BANK, bank=0, bank_reg=R_A, addr=kp.region.start + kp.head_offset(h0),
+              addr_reg=R_C, n=nh * dh, vaddr=k + h0 * dh)
+        # V append: one element per feature, column-major rows
+        e(Op.SDIV, rd=R_A, rs=R_POS, imm=vp.tokens_per_row)
+        e(Op.SMUL, rd=R_A, rs=R_A, imm=self.cfg.geometry.row_elems)
+        e(Op.SMOD, rd=R_B, rs=R_POS, imm=vp.tokens_per_row)
+        e(Op.SADD, rd=R_A, rs=R_A, rt=R_B)
+        for h in range(H):
+            for i in range(dh):
+                bank, rnd, fslot = vp.feature_home(h, i)
+                e(Op.WR_BANK, bank=bank, addr=vp.row_addr(rnd, fslot, 0), addr_reg=R_A, n=1,
+                  vaddr=v + h * dh + i)
+
+        # q with each head padded to whole columns (zero tails stay zero)
+        qsrc = q
+        if dh != dhp:
+            for h in range(H):
+                e.vec(Op.VMOV, self.v_qpad + h * dhp, q + h * dh, n=dh)
+            qsrc = self.v_qpad
+        # scores[h][t] = q_h . k_t,h for t in blocks of `banks` tokens, heads in GB loads
+        e(Op.SDIV, rd=R_N, rs=R_POS, imm=self.banks)
+        e(Op.SADD, rd=R_N, rs=R_N, imm=1)  # blocks
+        hpg = self.chunk // dhp
+        cols = dhp // self.lanes
+        for h0 in range(0, H, hpg):
+            heads = range(h0, min(H, h0 + hpg))
+            e(Op.WR_GB, ch_mask=self.all_ch, gb=0, n=len(heads) * cols, vaddr=qsrc + h0 * dhp)
+            e(Op.SLI, rd=R_LOOP, imm=0)
+            top = e.pc
+            self._slot_base(kp, R_LOOP, R_C)
+            e(Op.SMUL, rd=R_D, rs=R_LOOP, imm=self.banks)
+            for h in heads:
+                e(Op.MAC_ABK, ch_mask=self.all_ch, addr=kp.region.start + kp.head_offset(h),
+                  addr_reg=R_C, n=cols, gb=(h - h0) * cols)
+                e(Op.RD_MAC, ch_mask=self.all_ch, vaddr=self.v_scores + h * self.s_stride,
+                  vaddr_reg=R_D)
+            e(Op.SADD, rd=R_LOOP, rs=R_LOOP, imm=1)
+            e(Op.BLT, rs=R_LOOP, rt=R_N, imm=top)
+
+        # softmax over pos + 1 scores per head, then zero the rest of the last column
+        scale = 1.0 / math.sqrt(dh)
+        sc = self.v_s1
+        for h in range(H):
+            row = self.v_scores + h * self.s_stride
+            e.vec(Op.VMULI, row, row, n=0, n_reg=R_LEN, imm=scale)
+            e.vec(Op.VMAX, sc, row, n=0, n_reg=R_LEN)
+            e.vec(Op.VSUB, row, row, sc, n=0, n_reg=R_LEN, bcast=1)
+            e.vec(Op.VEXP, row, row, n=0, n_reg=R_LEN)
+            e.vec(Op.VSUM, sc, row, n=0, n_reg=R_LEN)
+            e.vec(Op.VRECIP, sc, sc, n=1)
+            e.vec(Op.VMUL, row, row, sc, n=0, n_reg=R_LEN, bcast=1)
+            e.vec(Op.VSET, row, n=self.lanes, dst_reg=R_LEN, imm=0.0)
+
+        # score . V: per round every channel takes one head; token chunks of one row
+        tpr = vp.tokens_per_row
+        full_cols = tpr // self.lanes
+        e(Op.SDIV, rd=R_N, rs=R_POS, imm=tpr)
+        e(Op.SADD, rd=R_N, rs=R_N, imm=1)  # token chunks
+        slots = self.nc * self.nb
+        for rnd in range(vp.rounds):
+            heads = [h for h in range(rnd * self.nc, min(H, (rnd + 1) * self.nc))]
+            mask = (1 << len(heads)) - 1
+            base = self.v_opad + rnd * vp.feature_slots * slots
+
+            def chunk_body(dst: int) -> None:
+                # R_T = chunk index; columns = min(full, ceil((len - R_T * tpr) / 16))
+                e(Op.SMUL, rd=R_A, rs=R_T, imm=tpr)
+                e(Op.SMUL, rd=R_B, rs=R_A, imm=-1)
+                e(Op.SADD, rd=R_B, rs=R_B, rt=R_LEN, imm=self.lanes - 1)
+                e(Op.SDIV, rd=R_B, rs=R_B, imm=self.lanes)
+                e(Op.SLI, rd=R_C, imm=full_cols)
+                skip = e(Op.BLT, rs=R_B, rt=R_C, imm=0)
+                e(Op.SADD, rd=R_B, rs=R_C)
+                e.patch(skip, imm=e.pc)
+                for c, h in enumerate(heads):
+                    e(Op.WR_GB, ch_mask=1 << c, gb=0, n=0, n_reg=R_B,
+                      vaddr=self.v_scores + h * self.s_stride, vaddr_reg=R_A)
+                e(Op.SMUL, rd=R_D, rs=R_T, imm=self.cfg.geometry.row_elems)
+                for fslot in range(vp.feature_slots):
+                    e(Op.MAC_ABK, ch_mask=mask, addr=vp.row_addr(rnd, fslot, 0), addr_reg=R_D,
+                      n=0, n_reg=R_B, gb=0)
+                    e(Op.RD_MAC, ch_mask=mask, vaddr=dst + fslot * slots)
+
+            e(Op.SLI, rd=R_T, imm=0)
+            chunk_body(base)
+            e(Op.SLI, rd=R_T, imm=1)
+            exit_branch = e(Op.BGE, rs=R_T, rt=R_N, imm=0)
+            top = e.pc
+            chunk_body(self.v_otmp)
+            e.vec(Op.VADD, base, base, self.v_otmp, vp.feature_slots * slots)
+            e(Op.SADD, rd=R_T, rs=R_T, imm=1)
+            e(Op.BLT, rs=R_T, rt=R_N, imm=top)
+            e.patch(exit_branch, imm=e.pc)
+            # gather the head outputs into o[h * dh + i]
+            for c, h in enumerate(heads):
+                for fslot in range(vp.feature_slots):
+                    n = min(self.nb, dh - fslot * self.nb)
+                    e.vec(Op.VMOV, self.v_o + h * dh + fslot * self.nb,
+                          base + fslot * slots + c * self.nb, n=n)
+
+    def _slot_base(self, kp: KPlacement, r_slot: int, r_out: int) -> None:
+        """r_out = address of token slot r_slot's record, relative to the region start."""
+        e, row = self.e, self.cfg.geometry.row_elems
+        if kp.tokens_per_row:
+            e(Op.SDIV, rd=r_out, rs=r_slot, imm=kp.tokens_per_row)
+            e(Op.SMUL, rd=r_out, rs=r_out, imm=row)
+            e(Op.SMOD, rd=R_T, rs=r_slot, imm=kp.tokens_per_row)
+            e(Op.SMUL, rd=R_T, rs=R_T, imm=kp.n_head * kp.dhp)
+            e(Op.SADD, rd=r_out, rs=r_out, rt=R_T)
+        else:
+            e(Op.SMUL, rd=r_out, rs=r_slot, imm=kp.rows_per_token * row)
+
+    @staticmethod
+    def _k_runs(kp: KPlacement) -> list[tuple[int, int]]:
+        """Groups of consecutive heads whose K segments are contiguous (one write each)."""
+        if kp.d_head != kp.dhp:
+            return [(h, 1) for h in range(kp.n_head)]
+        runs: list[tuple[int, int]] = []
+        for h in range(kp.n_head):
+            if runs and kp.head_offset(h) == kp.head_offset(runs[-1][0]) + runs[-1][1] * kp.dhp:
+                runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+            else:
+                runs.append((h, 1))
+        return runs
+
+    def _emit(self) -> None:
+        s, e = self.spec, self.e
+        d, f = s.d_model, s.d_ff
+        e(Op.SADD, rd=R_LEN, rs=R_POS, imm=1)
+        self._embed()
+        for i in range(s.n_layer):
+            p = f"h.{i}."
+            self._layernorm(p + "ln_1", self.v_x, self.v_ln)
+            self._vmm(p + "attn.c_attn.weight", self.v_ln, self.v_qkv, p + "attn.c_attn.bias")
+            self._attention(i)
+            self._vmm(p + "attn.c_proj.weight", self.v_o, self.v_y, p + "attn.c_proj.bias")
+            e.vec(Op.VADD, self.v_x, self.v_x, self.v_y, d)
+            self._layernorm(p + "ln_2", self.v_x, self.v_ln)
+            self._vmm(p + "mlp.c_fc.weight", self.v_ln, self.v_y, p + "mlp.c_fc.bias")
+            e.vec(Op.VGELU, self.v_act, self.v_y, n=f)
+            self._vmm(p + "mlp.c_proj.weight", self.v_act, self.v_y, p + "mlp.c_proj.bias")
+            e.vec(Op.VADD, self.v_x, self.v_x, self.v_y, d)
+        self._layernorm("ln_f", self.v_x, self.v_ln)
+        head = "wte.weight" if s.tied_head else "lm_head.weight"
+        self._vmm(head, self.v_ln, self.v_logits, None)
+        e.vec(Op.VARGMAX, 0, self.v_logits, n=s.vocab, rd=R_OUT)
+        e(Op.SYNC)
+        e(Op.END)
+        if e.pc > self.cfg.asic.imem_words:
+            raise PimgptError(f"model {s.name} compiles to {e.pc} instructions, but the "
+                              f"controller's instruction memory holds "
+                              f"{self.cfg.asic.imem_words} (asic.imem_words)")
+
+    # --- report ------------------------------------------------------------------------------
+
+    def _row_hit_bound(self) -> float:
+        """Row-buffer hit rate of the weight streams of one step (static addresses only)."""
+        row = self.cfg.geometry.row_elems
+        cols = acts = 0
+        open_row = None
+        for ins in self.e.code:
+            if ins.op is Op.MAC_ABK and ins.args.get("addr_reg", 0) == 0:
+                first = ins.addr // row
+                last = (ins.addr + ins.n * self.lanes - 1) // row
+                acts += (last - first + 1) - (1 if open_row == first else 0)
+                open_row = last
+                cols += ins.n
+        return 1.0 - acts / cols if cols else 0.0
+
+    def compile(self) -> tuple[PimBinary, CompileReport]:
+        """Plan, fill the image, emit the code; return the binary and its report."""
+        t0 = time.perf_counter()
+        self._plan()
+        self._emit()
+        image = self._fill_image()
+        s, g = self.spec, self.cfg.geometry
+        wregions = [r for r in self.dram.regions if r.kind in ("matrix", "vectors")]
+        kv = [r for r in self.dram.regions if r.kind in ("k_cache", "v_cache")]
+        alloc = sum(round_up(r.size, g.row_elems) for r in wregions)
+        used = sum(r.used for r in wregions)
+        report = CompileReport(
+            model=s.name, machine=self.cfg.name, params=s.param_count(),
+            max_tokens=self.max_tokens, instructions=self.e.pc,
+            weight_bytes=self.weights_top * g.banks * BF16_BYTES,
+            kv_bytes=sum(round_up(r.size, g.row_elems) for r in kv) * g.banks * BF16_BYTES,
+            used_bytes=self.dram.top * g.banks * BF16_BYTES, capacity_bytes=g.capacity_bytes,
+            row_utilisation=used / alloc if alloc else 0.0,
+            row_hit_bound=self._row_hit_bound(), vmem_words=self.vmem.top,
+            seconds=time.perf_counter() - t0)
+        symbols = []
+        for r in self.dram.regions:
+            entry = {"name": r.name, "kind": r.kind, "start": r.start, "size": r.size}
+            if r.name in self.mats:
+                m = self.mats[r.name]
+                entry.update(d_in=m.d_in, d_out=m.d_out, groups=m.groups,
+                             chunks=[list(c) for c in m.chunks])
+            symbols.append(entry)
+        for name, (bank, addr, length) in self.vectors.homes.items():
+            symbols.append({"name": name, "kind": "vector", "bank": bank, "start": addr,
+                            "size": length})
+        meta = {
+            "model": {k: getattr(s, k) for k in ("name", "n_layer", "d_model", "n_head", "vocab",
+                                                 "n_ctx", "d_ff", "ln_eps", "tied_head")},
+            "max_tokens": self.max_tokens,
+            "image_elems": self.dram.top,
+            "vmem": {name: addr for name, (addr, _n) in self.vmem.buffers.items()},
+            "report": report.to_dict(),
+        }
+        binary = PimBinary(config=self.cfg, code=list(self.e.code), meta=meta, symbols=symbols,
+                           constants=[], image=image)
+        return binary, report
+
+
+def compile_model(config: MachineConfig, weights: GPTWeights, max_tokens: int | None = None,
+                  with_image: bool = True,
+                  progress: Callable[[str], None] | None = None) -> tuple[PimBinary,
+                                                                          CompileReport]:
+    """Compile ``weights`` for ``config``; see :class:`Compiler`."""
+    return Compiler(config, weights, max_tokens, with_image, progress).compile()

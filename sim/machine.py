@@ -1,0 +1,356 @@
+"""Functional model of the PIM-GPT machine: executes a program instruction by instruction.
+
+State: the bank arrays (BF16 values, kept as binary32), per-channel global buffers, per-bank
+MAC accumulators, the ASIC vector memory and scalar registers. Semantics are those of
+docs/isa.md; all arithmetic goes through :mod:`pimgpt.sim.numerics`. No timing is modelled
+here (that is the cycle simulator's job); ``Result.cycles`` is ``None``.
+
+Device API shared with the other backends: ``load(binary) -> run(max_steps) -> Result``; and
+:meth:`FunctionalMachine.generate` drives the compiled decode step token by token.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+
+from pimgpt.errors import PimgptError
+from pimgpt.hdl import isa
+from pimgpt.hdl.isa import Opcode as Op
+from pimgpt.hdl.params import MachineConfig
+from pimgpt.mapping.pimbin import PimBinary
+from pimgpt.sim import numerics as nm
+
+#: Largest bank array allocated for a binary that carries no DRAM image (asm programs).
+_MAX_BLANK_ELEMS = 1 << 28
+
+
+@dataclass
+class Result:
+    """Outcome of one ``run``: outputs the host reads, cycles (timing backends) and counters."""
+
+    outputs: dict[str, object]
+    cycles: int | None
+    counters: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Generation:
+    """Tokens of one greedy generation (plus the logits of each step when kept)."""
+
+    prompt_ids: list[int]
+    generated_ids: list[int]
+    logits: list[np.ndarray] = field(default_factory=list)
+    counters: dict[str, int] = field(default_factory=dict)
+
+
+def _wrap32(v: int) -> int:
+    return ((v + (1 << 31)) & 0xFFFFFFFF) - (1 << 31)
+
+
+class FunctionalMachine:
+    """Bit-exact, untimed execution of PIM-GPT programs."""
+
+    def __init__(self, config: MachineConfig):
+        self.cfg = config
+        g = config.geometry
+        self.lanes = g.mac_lanes
+        self.nb = g.banks_per_channel
+        self.nc = g.channels
+        self.vlanes = config.asic.vector_lanes
+        self.code: list[tuple[Op, dict[str, int]]] = []
+        self.meta: dict = {}
+        self.banks = np.zeros((g.banks, 0), np.float32)
+        self._pristine: np.ndarray | None = None
+        self._op = Op.NOP
+        self._handler_table = self._handlers()
+        self.reset()
+
+    # --- device API ----------------------------------------------------------------------------
+
+    def load(self, binary: PimBinary) -> None:
+        """Take a program and its DRAM image (checked against this machine's configuration)."""
+        if binary.config.hash != self.cfg.hash:
+            raise PimgptError(f"program was compiled for machine '{binary.config.name}', not "
+                              f"'{self.cfg.name}'")
+        g = self.cfg.geometry
+        self.code = [(ins.op, {f.name: int(ins.args.get(f.name, 0))
+                               for f in isa.FIELDS[isa.format_of(ins.op)]})
+                     for ins in binary.code]
+        self.meta = dict(binary.meta)
+        if binary.image is not None:
+            self._pristine = nm.bf16_bits_to_f32(np.asarray(binary.image))
+        else:
+            elems = int(self.meta.get("image_elems", g.bank_elems))
+            if "model" in self.meta:
+                raise PimgptError("this .pimbin has no DRAM image (compiled with "
+                                  "--layout-only); recompile it without that option to run it")
+            if elems * g.banks > _MAX_BLANK_ELEMS:
+                raise PimgptError(f"machine '{self.cfg.name}' is too large to simulate blank "
+                                  f"banks functionally ({elems * g.banks} elements)")
+            self._pristine = np.zeros((g.banks, elems), np.float32)
+        self.constants = [(int(a), np.asarray(v, np.float32)) for a, v in binary.constants]
+        self.reset()
+
+    def reset(self) -> None:
+        """Power-on state: the loaded image, zero buffers, accumulators and registers."""
+        g = self.cfg.geometry
+        if self._pristine is not None:
+            self.banks = self._pristine.copy()
+        self.gb = np.zeros((self.nc, g.gb_elems), np.float32)
+        self.acc = np.zeros((self.nc, self.nb), np.float32)
+        self.vmem = np.zeros(self.cfg.asic.vmem_words, np.float32)
+        for addr, values in getattr(self, "constants", []):
+            self.vmem[addr:addr + values.size] = values
+        self.regs = [0] * isa.NUM_SREGS
+        self.counters: Counter[str] = Counter()
+
+    def set_reg(self, index: int, value: int) -> None:
+        if index:
+            self.regs[index] = _wrap32(int(value))
+
+    def run(self, max_steps: int = 50_000_000) -> Result:
+        """Execute from pc 0 until END; errors name the pc and the problem."""
+        pc, steps, code = 0, 0, self.code
+        handlers = self._handler_table
+        while True:
+            if pc >= len(code):
+                raise PimgptError(f"pc {pc} ran past the end of the program without END")
+            op, a = code[pc]
+            steps += 1
+            if steps > max_steps:
+                raise PimgptError(f"program did not reach END within {max_steps} instructions")
+            self.counters[op.name] += 1
+            self._op = op
+            if op is Op.END:
+                break
+            try:
+                nxt = handlers[op](a)
+            except PimgptError as exc:
+                raise PimgptError(f"pc {pc} ({op.name}): {exc}") from None
+            pc = pc + 1 if nxt is None else nxt
+        return Result(outputs={"token": self.regs[isa.REG_TOKEN_OUT], "regs": list(self.regs)},
+                      cycles=None, counters=dict(self.counters))
+
+    def generate(self, prompt_ids: Sequence[int], n_tokens: int, keep_logits: bool = False,
+                 on_step: Callable[[int], None] | None = None) -> Generation:
+        """Greedy generation: one decode step per prompt token, then per generated token."""
+        meta = self.meta.get("model")
+        if not meta:
+            raise PimgptError("this program is not a compiled GPT (no model metadata)")
+        prompt = [int(t) for t in prompt_ids]
+        if not prompt:
+            raise PimgptError("the prompt is empty: give at least one token")
+        bad = [t for t in prompt if not 0 <= t < meta["vocab"]]
+        if bad:
+            raise PimgptError(f"prompt token id {bad[0]} is outside the vocabulary "
+                              f"(0..{meta['vocab'] - 1})")
+        if n_tokens < 0:
+            raise PimgptError(f"--tokens must be >= 0, not {n_tokens}")
+        limit = int(self.meta["max_tokens"])
+        total = len(prompt) + max(n_tokens - 1, 0)
+        if total > limit:
+            raise PimgptError(f"prompt ({len(prompt)}) plus {n_tokens} generated tokens needs "
+                              f"{len(prompt) + n_tokens} positions, but the program reserved KV "
+                              f"space for {limit} (compile with a larger --max-tokens, up to "
+                              f"the model's context {meta['n_ctx']})")
+        self.reset()
+        logits_at = int(self.meta["vmem"]["logits"])
+        out = Generation(prompt, [])
+        token = prompt[0]
+        for pos in range(total + (1 if n_tokens == 0 else 0)):
+            if pos < len(prompt):
+                token = prompt[pos]
+            self.set_reg(isa.REG_POS, pos)
+            self.set_reg(isa.REG_TOKEN_IN, token)
+            res = self.run()
+            if keep_logits:
+                out.logits.append(self.vmem[logits_at:logits_at + meta["vocab"]].copy())
+            token = int(res.outputs["token"])
+            if pos >= len(prompt) - 1 and len(out.generated_ids) < n_tokens:
+                out.generated_ids.append(token)
+            if on_step:
+                on_step(pos)
+        out.counters = dict(self.counters)
+        return out
+
+    # --- instruction semantics ---------------------------------------------------------------
+
+    def _handlers(self) -> dict[Op, Callable[[dict[str, int]], int | None]]:
+        return {
+            Op.NOP: lambda a: None, Op.SYNC: lambda a: None,
+            Op.SLI: self._sli, Op.SADD: self._sadd, Op.SMUL: self._smul, Op.SDIV: self._sdiv,
+            Op.SMOD: self._smod, Op.BLT: self._blt, Op.BGE: self._bge,
+            Op.WR_GB: self._wr_gb, Op.MAC_ABK: self._mac_abk, Op.MAC_SBK: self._mac_sbk,
+            Op.RD_MAC: self._rd_mac, Op.WR_BANK: self._wr_bank, Op.RD_BANK: self._rd_bank,
+            Op.VADD: self._vbin, Op.VSUB: self._vbin, Op.VMUL: self._vbin,
+            Op.VADDI: self._vimm, Op.VMULI: self._vimm, Op.VSET: self._vset,
+            Op.VMOV: self._vmov, Op.VSUM: self._vred, Op.VMAX: self._vred,
+            Op.VEXP: self._vfun, Op.VRECIP: self._vfun, Op.VRSQRT: self._vfun,
+            Op.VGELU: self._vfun, Op.VARGMAX: self._vargmax,
+        }
+
+    def _sli(self, a: dict[str, int]) -> None:
+        self.set_reg(a["rd"], a["imm"])
+
+    def _sadd(self, a: dict[str, int]) -> None:
+        self.set_reg(a["rd"], self.regs[a["rs"]] + self.regs[a["rt"]] + a["imm"])
+
+    def _smul(self, a: dict[str, int]) -> None:
+        self.set_reg(a["rd"], self.regs[a["rs"]] * a["imm"])
+
+    def _sdiv(self, a: dict[str, int]) -> None:
+        if a["imm"] <= 0:
+            raise PimgptError(f"SDIV by {a['imm']} (the divisor must be positive)")
+        self.set_reg(a["rd"], self.regs[a["rs"]] // a["imm"])
+
+    def _smod(self, a: dict[str, int]) -> None:
+        if a["imm"] <= 0:
+            raise PimgptError(f"SMOD by {a['imm']} (the divisor must be positive)")
+        self.set_reg(a["rd"], self.regs[a["rs"]] % a["imm"])
+
+    def _blt(self, a: dict[str, int]) -> int | None:
+        return a["imm"] if self.regs[a["rs"]] < self.regs[a["rt"]] else None
+
+    def _bge(self, a: dict[str, int]) -> int | None:
+        return a["imm"] if self.regs[a["rs"]] >= self.regs[a["rt"]] else None
+
+    # PIM ------------------------------------------------------------------------------------
+
+    def _eff(self, a: dict[str, int], name: str) -> int:
+        return a[name] + self.regs[a[name + "_reg"]]
+
+    def _channels(self, mask: int) -> list[int]:
+        chans = [c for c in range(self.nc) if mask >> c & 1]
+        if mask >> self.nc:
+            raise PimgptError(f"channel mask 0x{mask:x} names channels this machine lacks "
+                              f"({self.nc} channels)")
+        return chans
+
+    def _vspan(self, start: int, n: int) -> slice:
+        if start < 0 or n < 0 or start + n > self.vmem.size:
+            raise PimgptError(f"vector memory words {start}..{start + n - 1} are outside "
+                              f"0..{self.vmem.size - 1}")
+        return slice(start, start + n)
+
+    def _bspan(self, start: int, n: int) -> slice:
+        if start < 0 or n < 0 or start + n > self.banks.shape[1]:
+            raise PimgptError(f"bank elements {start}..{start + n - 1} are outside the bank "
+                              f"(0..{self.banks.shape[1] - 1})")
+        return slice(start, start + n)
+
+    def _gspan(self, col: int, ncols: int) -> slice:
+        if col + ncols > self.gb.shape[1] // self.lanes:
+            raise PimgptError(f"global-buffer columns {col}..{col + ncols - 1} exceed its "
+                              f"{self.gb.shape[1] // self.lanes} columns")
+        return slice(col * self.lanes, (col + ncols) * self.lanes)
+
+    def _bank(self, a: dict[str, int]) -> int:
+        g = self._eff(a, "bank")
+        if not 0 <= g < self.banks.shape[0]:
+            raise PimgptError(f"bank {g} does not exist (0..{self.banks.shape[0] - 1})")
+        return g
+
+    def _wr_gb(self, a: dict[str, int]) -> None:
+        n = self._eff(a, "n")
+        src = nm.round_bf16(self.vmem[self._vspan(self._eff(a, "vaddr"), n * self.lanes)])
+        cols = self._gspan(a["gb"], n)
+        for c in self._channels(a["ch_mask"]):
+            self.gb[c, cols] = src
+        self.counters["gb_columns"] += n
+
+    def _mac(self, chans: list[int], bank_sel: slice | int, a: dict[str, int]) -> None:
+        addr, n = self._eff(a, "addr"), self._eff(a, "n")
+        if addr % self.lanes:
+            raise PimgptError(f"MAC address {addr} is not column-aligned "
+                              f"(a multiple of {self.lanes})")
+        span = self._bspan(addr, n * self.lanes)
+        cols = self._gspan(a["gb"], n)
+        nch = len(chans)
+        rows = self.banks.reshape(self.nc, self.nb, -1)[chans][:, bank_sel, span]
+        if isinstance(bank_sel, int):
+            rows = rows[:, None, :]
+        gbv = self.gb[chans, cols].reshape(nch, 1, n, self.lanes)
+        nbk = rows.shape[1]
+        acc = self.acc[chans][:, bank_sel] if not isinstance(bank_sel, int) else \
+            self.acc[chans, bank_sel][:, None]
+        new = nm.mac_accumulate(acc, rows.reshape(nch, nbk, n, self.lanes), gbv)
+        if isinstance(bank_sel, int):
+            self.acc[chans, bank_sel] = new[:, 0]
+        else:
+            self.acc[chans] = new
+        self.counters["mac_columns"] += n * nch * nbk
+
+    def _mac_abk(self, a: dict[str, int]) -> None:
+        self._mac(self._channels(a["ch_mask"]), slice(None), a)
+
+    def _mac_sbk(self, a: dict[str, int]) -> None:
+        g = self._bank(a)
+        self._mac([g // self.nb], g % self.nb, a)
+
+    def _rd_mac(self, a: dict[str, int]) -> None:
+        chans = self._channels(a["ch_mask"])
+        dst = self._vspan(self._eff(a, "vaddr"), len(chans) * self.nb)
+        self.vmem[dst] = nm.readout(self.acc[chans]).reshape(-1)
+        self.acc[chans] = 0.0
+
+    def _wr_bank(self, a: dict[str, int]) -> None:
+        n = self._eff(a, "n")
+        src = self.vmem[self._vspan(self._eff(a, "vaddr"), n)]
+        self.banks[self._bank(a), self._bspan(self._eff(a, "addr"), n)] = nm.round_bf16(src)
+        self.counters["bank_writes"] += n
+
+    def _rd_bank(self, a: dict[str, int]) -> None:
+        n = self._eff(a, "n")
+        src = self.banks[self._bank(a), self._bspan(self._eff(a, "addr"), n)]
+        self.vmem[self._vspan(self._eff(a, "vaddr"), n)] = src
+        self.counters["bank_reads"] += n
+
+    # vector unit ----------------------------------------------------------------------------
+
+    def _operands(self, a: dict[str, int]) -> tuple[slice, int]:
+        n = a["n"] + self.regs[a["n_reg"]]
+        return self._vspan(a["dst"] + self.regs[a["dst_reg"]], n), n
+
+    def _src(self, a: dict[str, int], n: int) -> np.ndarray:
+        return self.vmem[self._vspan(a["a"] + self.regs[a["a_reg"]], n)]
+
+    def _imm(self, a: dict[str, int]) -> np.float32:
+        return np.asarray(a["imm"], np.uint32).view(np.float32)[()]
+
+    _BIN = {Op.VADD: "add", Op.VSUB: "sub", Op.VMUL: "mul"}
+    _IMM = {Op.VADDI: "add", Op.VMULI: "mul"}
+    _FUN = {Op.VEXP: nm.vexp, Op.VRECIP: nm.vrecip, Op.VRSQRT: nm.vrsqrt, Op.VGELU: nm.vgelu}
+
+    def _vbin(self, a: dict[str, int]) -> None:
+        dst, n = self._operands(a)
+        b = self.vmem[self._vspan(a["b"], 1)][0] if a["bcast"] else \
+            self.vmem[self._vspan(a["b"], n)]
+        self.vmem[dst] = nm.binop(self._BIN[self._op], self._src(a, n), b)
+
+    def _vimm(self, a: dict[str, int]) -> None:
+        dst, n = self._operands(a)
+        self.vmem[dst] = nm.binop(self._IMM[self._op], self._src(a, n), self._imm(a))
+
+    def _vset(self, a: dict[str, int]) -> None:
+        dst, _n = self._operands(a)
+        self.vmem[dst] = self._imm(a)
+
+    def _vmov(self, a: dict[str, int]) -> None:
+        dst, n = self._operands(a)
+        self.vmem[dst] = self._src(a, n)
+
+    def _vred(self, a: dict[str, int]) -> None:
+        x = self._src(a, a["n"] + self.regs[a["n_reg"]])
+        d = self._vspan(a["dst"] + self.regs[a["dst_reg"]], 1)
+        self.vmem[d] = nm.vsum(x, self.vlanes) if self._op is Op.VSUM else nm.vmax(x)
+
+    def _vfun(self, a: dict[str, int]) -> None:
+        dst, n = self._operands(a)
+        self.vmem[dst] = self._FUN[self._op](self._src(a, n))
+
+    def _vargmax(self, a: dict[str, int]) -> None:
+        self.set_reg(a["rd"], nm.vargmax(self._src(a, a["n"] + self.regs[a["n_reg"]])))
