@@ -141,6 +141,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PimgptError as exc:
         print(f"pimgpt: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into head/less that quit early
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("pimgpt: interrupted", file=sys.stderr)
         return 130
