@@ -77,6 +77,7 @@ class Opcode(enum.Enum, shape=6):
     RD_MAC = 19
     WR_BANK = 20
     RD_BANK = 21
+    WR_ABK = 22
     # ASIC vector unit (binary32)
     VADD = 32
     VSUB = 33
@@ -151,7 +152,7 @@ class Instr(data.Struct):
 SCALAR_OPS = frozenset({Opcode.NOP, Opcode.END, Opcode.SYNC, Opcode.SLI, Opcode.SADD,
                         Opcode.SMUL, Opcode.SDIV, Opcode.SMOD, Opcode.BLT, Opcode.BGE})
 PIM_OPS = frozenset({Opcode.WR_GB, Opcode.MAC_ABK, Opcode.MAC_SBK, Opcode.RD_MAC,
-                     Opcode.WR_BANK, Opcode.RD_BANK})
+                     Opcode.WR_BANK, Opcode.RD_BANK, Opcode.WR_ABK})
 VECTOR_OPS = frozenset(op for op in Opcode if op not in SCALAR_OPS | PIM_OPS)
 
 
@@ -232,7 +233,7 @@ def make(op: Opcode, **args: int) -> Instruction:
     for spec in FIELDS[fmt]:
         if spec.name in args:
             _check_range(op, spec, int(args[spec.name]))
-    return Instruction(op, {k: int(v) for k, v in args.items()})
+    return Instruction(op, _full(op, args))
 
 
 def _check_range(op: Opcode, spec: FieldSpec, value: int) -> None:

@@ -72,6 +72,12 @@ SEMANTICS: dict[Opcode, tuple[tuple[str, ...], str]] = {
                      "G = eff(bank), A = eff(addr), N = eff(n), V = eff(vaddr). For i = 0 … "
                      "N−1: element A + i of bank G ← BF16(VMEM[V + i]). Element-granular "
                      "(masked writes): A need not be column-aligned."),
+    Opcode.WR_ABK: (("ch_mask", "addr", "vaddr"),
+                    "A = eff(addr), V = eff(vaddr). For the channels c selected by ch_mask in "
+                    "increasing order, k = 0, 1, …: for every bank b of c, element A of bank b "
+                    "← BF16(VMEM[V + k·NB + b]): one column burst carrying one BF16 value per "
+                    "bank (masked write). Used to append one V-cache token to NB feature rows "
+                    "at once; the layout in VMEM mirrors RD_MAC."),
     Opcode.RD_BANK: (("bank", "addr", "n", "vaddr"),
                      "G = eff(bank), A = eff(addr), N = eff(n), V = eff(vaddr). For i = 0 … "
                      "N−1: VMEM[V + i] ← element A + i of bank G, widened exactly to binary32."),

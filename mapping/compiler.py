@@ -189,7 +189,9 @@ class Compiler:
         dpad = pad_in(d)
         self.v_x = va("x", d)
         self.v_ln = va("ln_out", dpad)
-        self.v_qkv = va("qkv", self.mats["h.0.attn.c_attn.weight"].out_words if L else 0)
+        # + banks_per_channel: the last head's last V burst may read past 3d (values unused)
+        self.v_qkv = va("qkv", (self.mats["h.0.attn.c_attn.weight"].out_words + self.nb)
+                        if L else 0)
         outs = [m.out_words for m in self.mats.values()]
         self.v_tmp = va("partial", max(outs))
         self.v_y = va("vmm_out", max(m.out_words for k, m in self.mats.items()
@@ -306,11 +308,11 @@ class Compiler:
         e(Op.SMUL, rd=R_A, rs=R_A, imm=self.cfg.geometry.row_elems)
         e(Op.SMOD, rd=R_B, rs=R_POS, imm=vp.tokens_per_row)
         e(Op.SADD, rd=R_A, rs=R_A, rt=R_B)
-        for h in range(H):
-            for i in range(dh):
-                bank, rnd, fslot = vp.feature_home(h, i)
-                e(Op.WR_BANK, bank=bank, addr=vp.row_addr(rnd, fslot, 0), addr_reg=R_A, n=1,
-                  vaddr=v + h * dh + i)
+        for h in range(H):  # one burst per feature slot: one value into each bank
+            c, rnd = h % self.nc, h // self.nc
+            for fslot in range(vp.feature_slots):
+                e(Op.WR_ABK, ch_mask=1 << c, addr=vp.row_addr(rnd, fslot, 0), addr_reg=R_A,
+                  vaddr=v + h * dh + fslot * self.nb)
 
         # q with each head padded to whole columns (zero tails stay zero)
         qsrc = q

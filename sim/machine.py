@@ -63,8 +63,11 @@ class FunctionalMachine:
         self.vlanes = config.asic.vector_lanes
         self.code: list[tuple[Op, dict[str, int]]] = []
         self.meta: dict = {}
-        self.banks = np.zeros((g.banks, 0), np.float32)
+        # Bank arrays lanes first: lm[l, g, c] is lane l of column c of global bank g, so every
+        # adder-tree level of a MAC works on contiguous blocks (the bit-exact emulation's cost).
+        self.lm = np.zeros((self.lanes, g.banks, 0), np.float32)
         self._pristine: np.ndarray | None = None
+        self._fused: dict[int, tuple[int, int, int, int, int]] = {}
         self._op = Op.NOP
         self._handler_table = self._handlers()
         self.reset()
@@ -82,7 +85,17 @@ class FunctionalMachine:
                      for ins in binary.code]
         self.meta = dict(binary.meta)
         if binary.image is not None:
-            self._pristine = nm.bf16_bits_to_f32(np.asarray(binary.image))
+            img = np.asarray(binary.image)
+            cols = -(-img.shape[1] // self.lanes)
+            lm = np.zeros((self.lanes, g.banks, cols), np.float32)
+            for lo in range(0, cols, 1 << 16):  # in slices: the image may be a large memmap
+                hi = min(cols, lo + (1 << 16))
+                part = np.zeros((g.banks, (hi - lo) * self.lanes), np.uint16)
+                src = img[:, lo * self.lanes:hi * self.lanes]
+                part[:, :src.shape[1]] = src
+                lm[:, :, lo:hi] = nm.bf16_bits_to_f32(
+                    part.reshape(g.banks, hi - lo, self.lanes)).transpose(2, 0, 1)
+            self._pristine = lm
         else:
             elems = int(self.meta.get("image_elems", g.bank_elems))
             if "model" in self.meta:
@@ -91,15 +104,17 @@ class FunctionalMachine:
             if elems * g.banks > _MAX_BLANK_ELEMS:
                 raise PimgptError(f"machine '{self.cfg.name}' is too large to simulate blank "
                                   f"banks functionally ({elems * g.banks} elements)")
-            self._pristine = np.zeros((g.banks, elems), np.float32)
+            self._pristine = np.zeros((self.lanes, g.banks, -(-elems // self.lanes)),
+                                      np.float32)
         self.constants = [(int(a), np.asarray(v, np.float32)) for a, v in binary.constants]
+        self._fused = self._find_vmm_runs()
         self.reset()
 
     def reset(self) -> None:
         """Power-on state: the loaded image, zero buffers, accumulators and registers."""
         g = self.cfg.geometry
         if self._pristine is not None:
-            self.banks = self._pristine.copy()
+            self.lm = self._pristine.copy()
         self.gb = np.zeros((self.nc, g.gb_elems), np.float32)
         self.acc = np.zeros((self.nc, self.nb), np.float32)
         self.vmem = np.zeros(self.cfg.asic.vmem_words, np.float32)
@@ -116,6 +131,7 @@ class FunctionalMachine:
         """Execute from pc 0 until END; errors name the pc and the problem."""
         pc, steps, code = 0, 0, self.code
         handlers = self._handler_table
+        fused = self._fused
         while True:
             if pc >= len(code):
                 raise PimgptError(f"pc {pc} ran past the end of the program without END")
@@ -127,6 +143,15 @@ class FunctionalMachine:
             self._op = op
             if op is Op.END:
                 break
+            run = fused.get(pc)
+            if run is not None:
+                steps += 2 * run[0] - 1
+                try:
+                    self._run_vmm(*run)
+                except PimgptError as exc:
+                    raise PimgptError(f"pc {pc} (MAC_ABK): {exc}") from None
+                pc += 2 * run[0]
+                continue
             try:
                 nxt = handlers[op](a)
             except PimgptError as exc:
@@ -186,6 +211,7 @@ class FunctionalMachine:
             Op.SMOD: self._smod, Op.BLT: self._blt, Op.BGE: self._bge,
             Op.WR_GB: self._wr_gb, Op.MAC_ABK: self._mac_abk, Op.MAC_SBK: self._mac_sbk,
             Op.RD_MAC: self._rd_mac, Op.WR_BANK: self._wr_bank, Op.RD_BANK: self._rd_bank,
+            Op.WR_ABK: self._wr_abk,
             Op.VADD: self._vbin, Op.VSUB: self._vbin, Op.VMUL: self._vbin,
             Op.VADDI: self._vimm, Op.VMULI: self._vimm, Op.VSET: self._vset,
             Op.VMOV: self._vmov, Op.VSUM: self._vred, Op.VMAX: self._vred,
@@ -237,9 +263,10 @@ class FunctionalMachine:
         return slice(start, start + n)
 
     def _bspan(self, start: int, n: int) -> slice:
-        if start < 0 or n < 0 or start + n > self.banks.shape[1]:
+        size = self.lm.shape[2] * self.lanes
+        if start < 0 or n < 0 or start + n > size:
             raise PimgptError(f"bank elements {start}..{start + n - 1} are outside the bank "
-                              f"(0..{self.banks.shape[1] - 1})")
+                              f"(0..{size - 1})")
         return slice(start, start + n)
 
     def _gspan(self, col: int, ncols: int) -> slice:
@@ -250,8 +277,8 @@ class FunctionalMachine:
 
     def _bank(self, a: dict[str, int]) -> int:
         g = self._eff(a, "bank")
-        if not 0 <= g < self.banks.shape[0]:
-            raise PimgptError(f"bank {g} does not exist (0..{self.banks.shape[0] - 1})")
+        if not 0 <= g < self.lm.shape[1]:
+            raise PimgptError(f"bank {g} does not exist (0..{self.lm.shape[1] - 1})")
         return g
 
     def _wr_gb(self, a: dict[str, int]) -> None:
@@ -267,22 +294,23 @@ class FunctionalMachine:
         if addr % self.lanes:
             raise PimgptError(f"MAC address {addr} is not column-aligned "
                               f"(a multiple of {self.lanes})")
-        span = self._bspan(addr, n * self.lanes)
-        cols = self._gspan(a["gb"], n)
-        nch = len(chans)
-        rows = self.banks.reshape(self.nc, self.nb, -1)[chans][:, bank_sel, span]
-        if isinstance(bank_sel, int):
-            rows = rows[:, None, :]
-        gbv = self.gb[chans, cols].reshape(nch, 1, n, self.lanes)
-        nbk = rows.shape[1]
-        acc = self.acc[chans][:, bank_sel] if not isinstance(bank_sel, int) else \
-            self.acc[chans, bank_sel][:, None]
-        new = nm.mac_accumulate(acc, rows.reshape(nch, nbk, n, self.lanes), gbv)
-        if isinstance(bank_sel, int):
-            self.acc[chans, bank_sel] = new[:, 0]
-        else:
-            self.acc[chans] = new
-        self.counters["mac_columns"] += n * nch * nbk
+        self._bspan(addr, n * self.lanes)
+        self._gspan(a["gb"], n)
+        c0 = addr // self.lanes
+        rows = self.lm[:, :, c0:c0 + n].reshape(self.lanes, self.nc, self.nb, n)
+        sel = slice(bank_sel, bank_sel + 1) if isinstance(bank_sel, int) else bank_sel
+        rows = (rows if len(chans) == self.nc else rows[:, chans])[:, :, sel]
+        gbv = self._gb_lanes(chans, a["gb"], n)[:, :, None, :]
+        acc = self.acc[chans][:, sel]
+        new = nm.mac_accumulate(acc, rows, gbv, lane_axis=0)
+        rows_idx = np.asarray(chans)[:, None]
+        self.acc[rows_idx, np.arange(self.nb)[sel][None, :]] = new
+        self.counters["mac_columns"] += n * rows.shape[1] * rows.shape[2]
+
+    def _gb_lanes(self, chans: list[int], col: int, n: int) -> np.ndarray:
+        """Global-buffer columns col..col+n-1 of ``chans``, lanes first: (lanes, chans, n)."""
+        g = self.gb.reshape(self.nc, -1, self.lanes)[chans, col:col + n]
+        return g.transpose(2, 0, 1)
 
     def _mac_abk(self, a: dict[str, int]) -> None:
         self._mac(self._channels(a["ch_mask"]), slice(None), a)
@@ -297,17 +325,90 @@ class FunctionalMachine:
         self.vmem[dst] = nm.readout(self.acc[chans]).reshape(-1)
         self.acc[chans] = 0.0
 
+    def _elems(self, start: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """(lane, column) indices of bank elements start..start+n-1."""
+        self._bspan(start, n)
+        idx = np.arange(start, start + n)
+        return idx % self.lanes, idx // self.lanes
+
     def _wr_bank(self, a: dict[str, int]) -> None:
         n = self._eff(a, "n")
         src = self.vmem[self._vspan(self._eff(a, "vaddr"), n)]
-        self.banks[self._bank(a), self._bspan(self._eff(a, "addr"), n)] = nm.round_bf16(src)
+        lanes, cols = self._elems(self._eff(a, "addr"), n)
+        self.lm[lanes, self._bank(a), cols] = nm.round_bf16(src)
         self.counters["bank_writes"] += n
+
+    def _wr_abk(self, a: dict[str, int]) -> None:
+        chans = self._channels(a["ch_mask"])
+        src = self.vmem[self._vspan(self._eff(a, "vaddr"), len(chans) * self.nb)]
+        lane, col = self._elems(self._eff(a, "addr"), 1)
+        banks = (np.asarray(chans)[:, None] * self.nb + np.arange(self.nb)).reshape(-1)
+        self.lm[lane[0], banks, col[0]] = nm.round_bf16(src)
+        self.counters["bank_writes"] += src.size
 
     def _rd_bank(self, a: dict[str, int]) -> None:
         n = self._eff(a, "n")
-        src = self.banks[self._bank(a), self._bspan(self._eff(a, "addr"), n)]
+        lanes, cols = self._elems(self._eff(a, "addr"), n)
+        src = self.lm[lanes, self._bank(a), cols]
         self.vmem[self._vspan(self._eff(a, "vaddr"), n)] = src
         self.counters["bank_reads"] += n
+
+    # A weight VMM is a run of (MAC_ABK, RD_MAC) pairs over consecutive segments with the same
+    # global-buffer columns; executing a run at once gives identical results (each pair starts
+    # from the accumulator the previous RD_MAC cleared) with far less interpreter overhead.
+
+    def _find_vmm_runs(self) -> dict[int, tuple[int, int, int, int, int]]:
+        runs: dict[int, tuple[int, int, int, int, int]] = {}
+        code, allch, nbt = self.code, (1 << self.nc) - 1, self.nc * self.nb
+        pc = 0
+        while pc + 1 < len(code):
+            groups = 0
+            while pc + 2 * groups + 1 < len(code):
+                (op1, m), (op2, r) = code[pc + 2 * groups], code[pc + 2 * groups + 1]
+                if not (op1 is Op.MAC_ABK and op2 is Op.RD_MAC and m["ch_mask"] == allch
+                        and r["ch_mask"] == allch and not (m["addr_reg"] or m["n_reg"]
+                                                           or r["vaddr_reg"])):
+                    break
+                if groups:
+                    m0, r0 = code[pc][1], code[pc + 1][1]
+                    if (m["n"] != m0["n"] or m["gb"] != m0["gb"]
+                            or m["addr"] != m0["addr"] + groups * m0["n"] * self.lanes
+                            or r["vaddr"] != r0["vaddr"] + groups * nbt):
+                        break
+                groups += 1
+            if groups >= 2:
+                m0, r0 = code[pc][1], code[pc + 1][1]
+                runs[pc] = (groups, m0["addr"], m0["n"], m0["gb"], r0["vaddr"])
+                pc += 2 * groups
+            else:
+                pc += 1
+        return runs
+
+    def _run_vmm(self, groups: int, addr: int, n: int, gb: int, vaddr: int) -> None:
+        if addr % self.lanes:
+            raise PimgptError(f"MAC address {addr} is not column-aligned")
+        self._bspan(addr, groups * n * self.lanes)
+        self._gspan(gb, n)
+        nbt = self.nc * self.nb
+        dst = self._vspan(vaddr, groups * nbt)
+        gbv = self._gb_lanes(list(range(self.nc)), gb, n)[:, :, None, None, :]
+        c0 = addr // self.lanes
+        block = max(1, (1 << 21) // (self.lanes * nbt * n))  # ~8 MB of products at a time
+        out = np.empty((groups, self.nc, self.nb), np.float32)
+        for g0 in range(0, groups, block):
+            gn = min(block, groups - g0)
+            rows = self.lm[:, :, c0 + g0 * n:c0 + (g0 + gn) * n].reshape(
+                self.lanes, self.nc, self.nb, gn, n)
+            acc = np.zeros((self.nc, self.nb, gn), np.float32)
+            if g0 == 0:
+                acc[:, :, 0] = self.acc
+            out[g0:g0 + gn] = nm.readout(
+                nm.mac_accumulate(acc, rows, gbv, lane_axis=0)).transpose(2, 0, 1)
+        self.vmem[dst] = out.reshape(-1)
+        self.acc[:] = 0.0
+        self.counters["MAC_ABK"] += groups - 1
+        self.counters["RD_MAC"] += groups
+        self.counters["mac_columns"] += groups * n * nbt
 
     # vector unit ----------------------------------------------------------------------------
 

@@ -75,29 +75,32 @@ def round_bf16(x: np.ndarray) -> np.ndarray:
 
 # --- bank MAC ------------------------------------------------------------------------------------
 
-def mac_tree(products: np.ndarray) -> np.ndarray:
-    """Sum the last axis (a power of two, the MAC lanes) as a balanced binary adder tree.
+def mac_tree(products: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Sum ``axis`` (a power of two, the MAC lanes) as a balanced binary adder tree.
 
-    Level by level, lane 2i is added to lane 2i+1, each addition rounded to binary32.
+    Level by level, lane 2i is added to lane 2i+1, each addition rounded to binary32. The lane
+    axis may be anywhere (the functional machine keeps lanes first so each add is contiguous).
     """
-    s = products
+    s = np.moveaxis(products, axis, 0)
     with np.errstate(all="ignore"):  # Inf/NaN/overflow are ordinary IEEE results here
-        while s.shape[-1] > 1:
-            s = s[..., 0::2] + s[..., 1::2]
-    return canon(s[..., 0])
+        while s.shape[0] > 1:
+            s = s[0::2] + s[1::2]
+    return canon(s[0])
 
 
-def mac_accumulate(acc: np.ndarray, rows: np.ndarray, gb: np.ndarray) -> np.ndarray:
+def mac_accumulate(acc: np.ndarray, rows: np.ndarray, gb: np.ndarray,
+                   lane_axis: int = -1) -> np.ndarray:
     """Apply MAC commands: ``acc`` (banks,) plus, column by column, the tree of the products.
 
     ``rows``: BF16 operands as binary32, shape ``(..., banks, ncols, lanes)``; ``gb``: the global
     buffer columns as binary32, broadcastable to it (``(ncols, lanes)`` when all banks share one
     buffer). Per column the products ``rows[b, c, l] * gb[c, l]`` (exact for normal BF16
     operands) are summed by :func:`mac_tree` and added to the accumulator ``acc``
-    (``(..., banks)``), one rounding per addition, columns in order.
+    (``(..., banks)``), one rounding per addition, columns in order. With ``lane_axis=0`` the
+    operands are laid out lanes first, ``(lanes, ..., banks, ncols)``.
     """
     with np.errstate(all="ignore"):
-        trees = mac_tree(rows * gb)  # (..., banks, ncols)
+        trees = mac_tree(rows * gb, axis=lane_axis)  # (..., banks, ncols)
         stream = np.concatenate([np.asarray(acc, dtype=F32)[..., None], trees], axis=-1)
         acc = np.cumsum(stream, axis=-1, dtype=F32)[..., -1]  # add.accumulate: left to right
     return canon(acc)  # the host's default NaN (0xFFC00000 on x86) is not the machine's
