@@ -54,8 +54,15 @@ class GPTSpec:
                               f"by n_head ({self.n_head})")
         if self.d_ff == 0:
             object.__setattr__(self, "d_ff", 4 * self.d_model)
-        if not self.ln_eps > 0:
-            raise PimgptError(f"model {self.name}: ln_eps must be positive, not {self.ln_eps}")
+        if isinstance(self.d_ff, bool) or not isinstance(self.d_ff, int) or self.d_ff <= 0:
+            raise PimgptError(f"model {self.name}: d_ff must be a positive integer, "
+                              f"not {self.d_ff!r}")
+        if isinstance(self.ln_eps, bool) or not isinstance(self.ln_eps, (int, float)) \
+                or not self.ln_eps > 0:
+            raise PimgptError(f"model {self.name}: ln_eps must be a positive number, "
+                              f"not {self.ln_eps!r}")
+        if not isinstance(self.tied_head, bool):
+            raise PimgptError(f"model {self.name}: tied_head must be true or false")
 
     @property
     def d_head(self) -> int:
@@ -98,10 +105,11 @@ class GPTWeights:
         self.spec = spec
         self._loader = loader
         self.source = source or spec.name
+        self._shapes = spec.tensor_shapes()
 
     def tensor(self, name: str) -> np.ndarray:
         """The named tensor, shape-checked."""
-        shapes = self.spec.tensor_shapes()
+        shapes = self._shapes
         if name not in shapes:
             raise KeyError(name)
         arr = self._loader(name)
@@ -119,7 +127,7 @@ class GPTWeights:
         return self.f32("wte.weight" if self.spec.tied_head else "lm_head.weight")
 
     def names(self) -> Iterator[str]:
-        return iter(self.spec.tensor_shapes())
+        return iter(self._shapes)
 
     @classmethod
     def from_arrays(cls, spec: GPTSpec, arrays: dict[str, np.ndarray],
