@@ -47,6 +47,8 @@ def _check_positive(group: str, obj: Any, names: tuple[str, ...]) -> None:
         value = getattr(obj, name)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise PimgptError(f"{group}.{name} must be a number, not {value!r}")
+        if not math.isfinite(value):
+            raise PimgptError(f"{group}.{name} must be finite, not {value!r}")
         if value <= 0:
             raise PimgptError(f"{group}.{name} must be positive, not {value!r}")
 
@@ -297,7 +299,10 @@ class MachineConfig:
             missing = sorted(known - set(values))
             if missing:
                 raise PimgptError(f"{where}: missing key(s) in [{group}]: {', '.join(missing)}")
-            built[group] = klass(**values)
+            try:
+                built[group] = klass(**values)
+            except PimgptError as exc:
+                raise PimgptError(f"{where}: {exc}") from None
         return cls(name=str(data.get("name", "custom")), **built)
 
 
@@ -368,6 +373,8 @@ def load_config(path: str | Path) -> MachineConfig:
         text = path.read_text()
     except FileNotFoundError:
         raise PimgptError(f"config file not found: {path}") from None
+    except UnicodeDecodeError:
+        raise PimgptError(f"{path}: not valid TOML (not UTF-8 text)") from None
     except OSError as exc:
         raise PimgptError(f"cannot read config file {path}: {exc.strerror}") from None
     try:
@@ -379,6 +386,7 @@ def load_config(path: str | Path) -> MachineConfig:
         if not isinstance(base_name, str):
             raise PimgptError(f"{path}: 'base' must be a preset name string")
         merged = preset(base_name).to_dict()
+        del merged["name"]  # a derived machine is named by its file unless it says otherwise
         for group, values in data.items():
             if group == "name":
                 merged["name"] = values

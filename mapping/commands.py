@@ -63,8 +63,15 @@ def _parse_ids(text: str) -> list[int]:
     return ids
 
 
-def _spec_from_meta(meta: dict[str, Any]) -> GPTSpec:
-    return GPTSpec(**meta["model"])
+def _spec_from_meta(meta: dict[str, Any], path: str) -> GPTSpec:
+    model = meta.get("model")
+    if not isinstance(model, dict):
+        raise PimgptError(f"{path} holds no compiled GPT model (no model metadata: it was not "
+                          f"made by 'pimgpt compile'), so it cannot generate tokens")
+    try:
+        return GPTSpec(**model)
+    except TypeError as exc:
+        raise PimgptError(f"{path}: corrupt model metadata ({exc})") from None
 
 
 # --- run -----------------------------------------------------------------------------------------
@@ -87,7 +94,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         cfg_given = args.preset or args.config
         binary = read_pimbin(args.checkpoint, _config(args) if cfg_given else None)
         config = binary.config
-        spec = _spec_from_meta(binary.meta)
+        spec = _spec_from_meta(binary.meta, args.checkpoint)
     else:
         from pimgpt.mapping.builtin import DEFAULT_MODEL
         config = _config(args)
@@ -114,6 +121,11 @@ def cmd_run(args: argparse.Namespace) -> int:
                           f"{needed} positions, more than the context of {spec.name} "
                           f"({spec.n_ctx})")
 
+    if binary is not None and needed > int(binary.meta.get("max_tokens", spec.n_ctx)):
+        raise PimgptError(f"prompt ({len(prompt_ids)} tokens) plus --tokens {args.tokens} is "
+                          f"{needed} positions, but {args.checkpoint} reserved KV space for "
+                          f"{binary.meta['max_tokens']} (compile it with a larger --max-tokens, "
+                          f"up to the model's context {spec.n_ctx})")
     t0 = time.perf_counter()
     compile_s = 0.0
     if binary is None:
@@ -209,6 +221,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
     _check_positive("--max-tokens", args.max_tokens)
     if not args.output.endswith(".pimbin"):
         raise PimgptError(f"output file must end in .pimbin, not {args.output!r}")
+    from pimgpt.fileio import check_output_path
+    check_output_path(args.output)
     config = _config(args)
     weights = load_model(args.checkpoint, args.model)
     names = list(weights.names())
@@ -323,7 +337,7 @@ def cmd_disasm(args: argparse.Namespace) -> int:
     lines = [f"{Path(args.binary).name}: {len(binary.code)} instructions for machine "
              f"'{binary.config.name}' (config {binary.config.hash[:16]})"]
     if "model" in meta:
-        m = meta["model"]
+        m = _spec_from_meta(meta, args.binary).__dict__
         lines.append(f"model {m['name']}: {m['n_layer']} layers, d_model {m['d_model']}, "
                      f"{m['n_head']} heads, vocab {m['vocab']}; KV space for "
                      f"{meta.get('max_tokens')} tokens")
