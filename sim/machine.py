@@ -63,9 +63,10 @@ class FunctionalMachine:
         self.vlanes = config.asic.vector_lanes
         self.code: list[tuple[Op, dict[str, int]]] = []
         self.meta: dict = {}
-        # Bank arrays lanes first: lm[l, g, c] is lane l of column c of global bank g, so every
-        # adder-tree level of a MAC works on contiguous blocks (the bit-exact emulation's cost).
-        self.lm = np.zeros((self.lanes, g.banks, 0), np.float32)
+        # Bank arrays lanes first, banks last: lm[l, c, g] is lane l of column c of global bank
+        # g, so the products and every adder-tree level of an all-bank MAC run over long
+        # contiguous blocks (the cost of bit-exact emulation is all in those steps).
+        self.lm = np.zeros((self.lanes, 0, g.banks), np.float32)
         self._pristine: np.ndarray | None = None
         self._fused: dict[int, tuple[int, int, int, int, int]] = {}
         self._op = Op.NOP
@@ -87,14 +88,14 @@ class FunctionalMachine:
         if binary.image is not None:
             img = np.asarray(binary.image)
             cols = -(-img.shape[1] // self.lanes)
-            lm = np.zeros((self.lanes, g.banks, cols), np.float32)
+            lm = np.zeros((self.lanes, cols, g.banks), np.float32)
             for lo in range(0, cols, 1 << 16):  # in slices: the image may be a large memmap
                 hi = min(cols, lo + (1 << 16))
                 part = np.zeros((g.banks, (hi - lo) * self.lanes), np.uint16)
                 src = img[:, lo * self.lanes:hi * self.lanes]
                 part[:, :src.shape[1]] = src
-                lm[:, :, lo:hi] = nm.bf16_bits_to_f32(
-                    part.reshape(g.banks, hi - lo, self.lanes)).transpose(2, 0, 1)
+                lm[:, lo:hi, :] = nm.bf16_bits_to_f32(
+                    part.reshape(g.banks, hi - lo, self.lanes)).transpose(2, 1, 0)
             self._pristine = lm
         else:
             elems = int(self.meta.get("image_elems", g.bank_elems))
@@ -104,7 +105,7 @@ class FunctionalMachine:
             if elems * g.banks > _MAX_BLANK_ELEMS:
                 raise PimgptError(f"machine '{self.cfg.name}' is too large to simulate blank "
                                   f"banks functionally ({elems * g.banks} elements)")
-            self._pristine = np.zeros((self.lanes, g.banks, -(-elems // self.lanes)),
+            self._pristine = np.zeros((self.lanes, -(-elems // self.lanes), g.banks),
                                       np.float32)
         self.constants = [(int(a), np.asarray(v, np.float32)) for a, v in binary.constants]
         self._fused = self._find_vmm_runs()
@@ -263,7 +264,7 @@ class FunctionalMachine:
         return slice(start, start + n)
 
     def _bspan(self, start: int, n: int) -> slice:
-        size = self.lm.shape[2] * self.lanes
+        size = self.lm.shape[1] * self.lanes
         if start < 0 or n < 0 or start + n > size:
             raise PimgptError(f"bank elements {start}..{start + n - 1} are outside the bank "
                               f"(0..{size - 1})")
@@ -277,8 +278,8 @@ class FunctionalMachine:
 
     def _bank(self, a: dict[str, int]) -> int:
         g = self._eff(a, "bank")
-        if not 0 <= g < self.lm.shape[1]:
-            raise PimgptError(f"bank {g} does not exist (0..{self.lm.shape[1] - 1})")
+        if not 0 <= g < self.lm.shape[2]:
+            raise PimgptError(f"bank {g} does not exist (0..{self.lm.shape[2] - 1})")
         return g
 
     def _wr_gb(self, a: dict[str, int]) -> None:
@@ -297,20 +298,20 @@ class FunctionalMachine:
         self._bspan(addr, n * self.lanes)
         self._gspan(a["gb"], n)
         c0 = addr // self.lanes
-        rows = self.lm[:, :, c0:c0 + n].reshape(self.lanes, self.nc, self.nb, n)
+        rows = self.lm[:, c0:c0 + n, :].reshape(self.lanes, n, self.nc, self.nb)
         sel = slice(bank_sel, bank_sel + 1) if isinstance(bank_sel, int) else bank_sel
-        rows = (rows if len(chans) == self.nc else rows[:, chans])[:, :, sel]
-        gbv = self._gb_lanes(chans, a["gb"], n)[:, :, None, :]
+        rows = (rows if len(chans) == self.nc else rows[:, :, chans])[:, :, :, sel]
+        gbv = self._gb_lanes(chans, a["gb"], n)[:, :, :, None]  # (lanes, n, chans, 1)
         acc = self.acc[chans][:, sel]
-        new = nm.mac_accumulate(acc, rows, gbv, lane_axis=0)
+        new = nm.mac_accumulate(acc, rows, gbv, lane_axis=0, col_axis=0)
         rows_idx = np.asarray(chans)[:, None]
         self.acc[rows_idx, np.arange(self.nb)[sel][None, :]] = new
-        self.counters["mac_columns"] += n * rows.shape[1] * rows.shape[2]
+        self.counters["mac_columns"] += n * rows.shape[2] * rows.shape[3]
 
     def _gb_lanes(self, chans: list[int], col: int, n: int) -> np.ndarray:
-        """Global-buffer columns col..col+n-1 of ``chans``, lanes first: (lanes, chans, n)."""
+        """Global-buffer columns col..col+n-1 of ``chans``, lanes first: (lanes, n, chans)."""
         g = self.gb.reshape(self.nc, -1, self.lanes)[chans, col:col + n]
-        return g.transpose(2, 0, 1)
+        return g.transpose(2, 1, 0)
 
     def _mac_abk(self, a: dict[str, int]) -> None:
         self._mac(self._channels(a["ch_mask"]), slice(None), a)
@@ -335,7 +336,7 @@ class FunctionalMachine:
         n = self._eff(a, "n")
         src = self.vmem[self._vspan(self._eff(a, "vaddr"), n)]
         lanes, cols = self._elems(self._eff(a, "addr"), n)
-        self.lm[lanes, self._bank(a), cols] = nm.round_bf16(src)
+        self.lm[lanes, cols, self._bank(a)] = nm.round_bf16(src)
         self.counters["bank_writes"] += n
 
     def _wr_abk(self, a: dict[str, int]) -> None:
@@ -343,13 +344,13 @@ class FunctionalMachine:
         src = self.vmem[self._vspan(self._eff(a, "vaddr"), len(chans) * self.nb)]
         lane, col = self._elems(self._eff(a, "addr"), 1)
         banks = (np.asarray(chans)[:, None] * self.nb + np.arange(self.nb)).reshape(-1)
-        self.lm[lane[0], banks, col[0]] = nm.round_bf16(src)
+        self.lm[lane[0], col[0], banks] = nm.round_bf16(src)
         self.counters["bank_writes"] += src.size
 
     def _rd_bank(self, a: dict[str, int]) -> None:
         n = self._eff(a, "n")
         lanes, cols = self._elems(self._eff(a, "addr"), n)
-        src = self.lm[lanes, self._bank(a), cols]
+        src = self.lm[lanes, cols, self._bank(a)]
         self.vmem[self._vspan(self._eff(a, "vaddr"), n)] = src
         self.counters["bank_reads"] += n
 
@@ -388,22 +389,27 @@ class FunctionalMachine:
         if addr % self.lanes:
             raise PimgptError(f"MAC address {addr} is not column-aligned")
         self._bspan(addr, groups * n * self.lanes)
-        self._gspan(gb, n)
+        cols = self._gspan(gb, n)
         nbt = self.nc * self.nb
         dst = self._vspan(vaddr, groups * nbt)
-        gbv = self._gb_lanes(list(range(self.nc)), gb, n)[:, :, None, None, :]
+        buf = self.gb[:, cols]
+        if (buf.view(np.uint32) == buf[0].view(np.uint32)).all():  # broadcast input: usual case
+            gbv = buf[0].reshape(n, self.lanes).T[:, None, :, None]  # (lanes, 1, n, 1)
+        else:
+            gbv = self._gb_lanes(list(range(self.nc)), gb, n)  # (lanes, n, channels)
+            gbv = np.repeat(gbv, self.nb, axis=2)[:, None]  # (lanes, 1, n, banks)
         c0 = addr // self.lanes
-        block = max(1, (1 << 21) // (self.lanes * nbt * n))  # ~8 MB of products at a time
-        out = np.empty((groups, self.nc, self.nb), np.float32)
+        block = max(1, (1 << 19) // (self.lanes * nbt * n))  # ~2 MB of products a block
+        out = np.empty((groups, nbt), np.float32)
         for g0 in range(0, groups, block):
             gn = min(block, groups - g0)
-            rows = self.lm[:, :, c0 + g0 * n:c0 + (g0 + gn) * n].reshape(
-                self.lanes, self.nc, self.nb, gn, n)
-            acc = np.zeros((self.nc, self.nb, gn), np.float32)
+            rows = self.lm[:, c0 + g0 * n:c0 + (g0 + gn) * n, :].reshape(
+                self.lanes, gn, n, nbt)
+            acc = np.zeros((gn, nbt), np.float32)
             if g0 == 0:
-                acc[:, :, 0] = self.acc
-            out[g0:g0 + gn] = nm.readout(
-                nm.mac_accumulate(acc, rows, gbv, lane_axis=0)).transpose(2, 0, 1)
+                acc[0] = self.acc.reshape(-1)
+            out[g0:g0 + gn] = nm.readout(nm.mac_accumulate(acc, rows, gbv, lane_axis=0,
+                                                           col_axis=1))
         self.vmem[dst] = out.reshape(-1)
         self.acc[:] = 0.0
         self.counters["MAC_ABK"] += groups - 1

@@ -89,20 +89,23 @@ def mac_tree(products: np.ndarray, axis: int = -1) -> np.ndarray:
 
 
 def mac_accumulate(acc: np.ndarray, rows: np.ndarray, gb: np.ndarray,
-                   lane_axis: int = -1) -> np.ndarray:
+                   lane_axis: int = -1, col_axis: int = -1) -> np.ndarray:
     """Apply MAC commands: ``acc`` (banks,) plus, column by column, the tree of the products.
 
     ``rows``: BF16 operands as binary32, shape ``(..., banks, ncols, lanes)``; ``gb``: the global
     buffer columns as binary32, broadcastable to it (``(ncols, lanes)`` when all banks share one
     buffer). Per column the products ``rows[b, c, l] * gb[c, l]`` (exact for normal BF16
     operands) are summed by :func:`mac_tree` and added to the accumulator ``acc``
-    (``(..., banks)``), one rounding per addition, columns in order. With ``lane_axis=0`` the
-    operands are laid out lanes first, ``(lanes, ..., banks, ncols)``.
+    (``(..., banks)``), one rounding per addition, columns in order. Other layouts name their
+    axes: ``lane_axis`` in the operands, ``col_axis`` in the tree sums (operands without the
+    lane axis); the functional machine uses lanes first and columns before banks so that every
+    step works on long contiguous runs.
     """
     with np.errstate(all="ignore"):
-        trees = mac_tree(rows * gb, axis=lane_axis)  # (..., banks, ncols)
-        stream = np.concatenate([np.asarray(acc, dtype=F32)[..., None], trees], axis=-1)
-        acc = np.cumsum(stream, axis=-1, dtype=F32)[..., -1]  # add.accumulate: left to right
+        trees = mac_tree(rows * gb, axis=lane_axis)
+        stream = np.concatenate([np.expand_dims(np.asarray(acc, dtype=F32), col_axis), trees],
+                                axis=col_axis)
+        acc = np.take(np.cumsum(stream, axis=col_axis, dtype=F32), -1, axis=col_axis)
     return canon(acc)  # the host's default NaN (0xFFC00000 on x86) is not the machine's
 
 
