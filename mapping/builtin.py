@@ -4,7 +4,9 @@ The GPT-2 shapes are those of the released checkpoints; the GPT-3 shapes follow 
 paper (Brown et al. 2020, table 2.1) at its 2048-token context. ``gpt3-xl`` is listed there as
 24 heads of 128 with d_model 2048, which is inconsistent (24 x 128 = 3072); pimgpt uses 16 heads
 of 128, the reading GPT-Neo 1.3B adopted. ``tiny`` is the default: a two-layer byte-level model
-small enough to compile, simulate and run as RTL in seconds.
+small enough to compile, simulate and run as RTL in seconds. Its default weights are *trained*
+(on CPython's standard-library sources, ``tools/train_tiny.py``; shipped in
+``mapping/data/tiny``), so it writes Python-looking text; other seeds give random weights.
 
 Weights are generated one tensor at a time when the compiler asks for it, from a numpy
 ``default_rng`` seeded by ``(seed, crc32(tensor name))``: every tensor is reproducible on its
@@ -14,6 +16,7 @@ own, in any order, across runs and platforms, and nothing is held in memory.
 from __future__ import annotations
 
 import zlib
+from pathlib import Path
 
 import numpy as np
 
@@ -80,12 +83,29 @@ def _generate(spec: GPTSpec, seed: int, name: str) -> np.ndarray:
     return normal(0.02)
 
 
+#: Built-in models whose seed-0 weights are a trained checkpoint shipped with the package.
+TRAINED = {"tiny": "tiny"}
+
+
+def trained_path(name: str) -> Path:
+    """Directory of a shipped trained checkpoint (config.json + model.safetensors)."""
+    return Path(__file__).with_name("data") / TRAINED[name]
+
+
 def builtin_model(name: str, seed: int = 0) -> GPTWeights:
-    """A built-in model with seeded random float32 weights, generated lazily per tensor."""
+    """A built-in model: the shipped trained weights (``tiny``, seed 0) or seeded random float32
+    weights generated lazily per tensor."""
     spec = builtin_spec(name)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise PimgptError(f"model seed must be a non-negative integer, not {seed!r}")
     seed = int(seed)
+    if name in TRAINED and seed == 0:
+        from pimgpt.mapping.checkpoint import load_checkpoint
+        weights = load_checkpoint(trained_path(name))
+        if weights.spec != spec:
+            raise PimgptError(f"shipped checkpoint {trained_path(name)} does not have the "
+                              f"shape of built-in model {name}")
+        return weights
     return GPTWeights(spec, lambda tensor: _generate(spec, seed, tensor),
                       source=f"{name} (seed {seed})")
 

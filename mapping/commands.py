@@ -15,7 +15,7 @@ from pimgpt.errors import PimgptError
 from pimgpt.hdl.params import MachineConfig, ns_to_cycles, resolve_config
 from pimgpt.mapping.model import GPTSpec, GPTWeights
 
-DEFAULT_PROMPT = "Hello, PIM-GPT"
+DEFAULT_PROMPT = "def "
 
 
 def _config(args: argparse.Namespace) -> MachineConfig:

@@ -16,7 +16,7 @@ from pimgpt.errors import PimgptError
 
 EPILOG = """\
 typical session:
-  pimgpt run --prompt "Hello" --tokens 8          built-in default model, compiled and run
+  pimgpt run --prompt "def " --tokens 32         built-in default model, compiled and run
   pimgpt compile --model gpt2-small -o g.pimbin   compile a built-in shape (seeded weights)
   pimgpt compile path/to/hf-gpt2-dir -o g.pimbin  compile a Hugging Face GPT-2 checkpoint
   pimgpt run g.pimbin --prompt-ids 1,2,3 --tokens 4
@@ -62,8 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--prompt", metavar="TEXT", help="prompt text")
     src.add_argument("--prompt-ids", metavar="IDS", help="prompt token ids, comma-separated")
-    p.add_argument("--tokens", type=int, default=8, metavar="N",
-                   help="tokens to generate (default: 8)")
+    p.add_argument("--tokens", type=int, default=24, metavar="N",
+                   help="tokens to generate (default: 24)")
     p.add_argument("--max-tokens", type=int, metavar="N",
                    help="KV-cache positions to reserve when compiling (default: prompt + tokens)")
     p.add_argument("--check", action="store_true",

@@ -108,7 +108,7 @@ class GoldenGPT:
         out: list[int] = []
         logits_list: list[np.ndarray] = []
         token = prompt[0]
-        for pos in range(total + (1 if n_tokens == 0 else 0)):
+        for pos in range(total):
             if pos < len(prompt):
                 token = prompt[pos]
             logits = self.step(token, pos)

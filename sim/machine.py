@@ -187,7 +187,7 @@ class FunctionalMachine:
         logits_at = int(self.meta["vmem"]["logits"])
         out = Generation(prompt, [])
         token = prompt[0]
-        for pos in range(total + (1 if n_tokens == 0 else 0)):
+        for pos in range(total):
             if pos < len(prompt):
                 token = prompt[pos]
             self.set_reg(isa.REG_POS, pos)

@@ -558,8 +558,8 @@ def test_output_files_get_ordinary_permissions(capsys, tmp_path, tiny_pimbin):
 def test_run_json_default_model(capsys):
     out = ok_json(capsys, "run", "--json", "--tokens", "3")
     assert out["model"] == DEFAULT_MODEL
-    assert out["prompt_ids"] == list("Hello, PIM-GPT".encode())
-    assert out["prompt_text"] == "Hello, PIM-GPT"
+    assert out["prompt_ids"] == list(b"def ")
+    assert out["prompt_text"] == "def "
     assert len(out["generated_ids"]) == 3
     assert all(0 <= t < 256 for t in out["generated_ids"])
     assert out["steps"] == len(out["prompt_ids"]) + 2
