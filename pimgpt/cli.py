@@ -114,6 +114,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("binary", metavar="FILE.pimbin")
     p.add_argument("-o", "--output", metavar="FILE.s", help="write to a file instead of stdout")
     p.set_defaults(func=_cmd("pimgpt.mapping.commands", "cmd_disasm"))
+
+    p = sub.add_parser("check-trace", help="check a DRAM command trace against the timing rules",
+                       description="Check a DRAM command trace (CSV, see docs/timing.md) "
+                                   "against every timing and protocol rule of the machine. "
+                                   "Exit status 0: no violations; 1: violations; 2: bad input.")
+    p.add_argument("trace", metavar="TRACE.csv")
+    p.add_argument("--max", type=int, default=100, metavar="N",
+                   help="print at most N violations (default: 100); the count is always full")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_config_args(p)
+    p.set_defaults(func=_cmd("pimgpt.sim.commands", "cmd_check_trace"))
     return parser
 
 
