@@ -221,14 +221,26 @@ class Timing:
 
 @dataclass(frozen=True, kw_only=True)
 class Asic:
-    """ASIC resources: the vector unit and its SRAM."""
+    """ASIC resources: the vector unit, its SRAM, and how long its work takes (ASIC cycles).
+
+    Each vector lane has one binary32 adder and one multiplier, pipelined ``vec_latency`` deep;
+    an element-wise op streams one beat (``vector_lanes`` elements) per cycle. exp, reciprocal,
+    rsqrt and GELU run their docs/numerics.md sequences on those units: ``*_cycles`` is the
+    cycles per beat (dependent multiply/add pairs in the sequence).
+    """
 
     vector_lanes: int  # fp32 lanes of the vector unit; also fixes the reduction order
     vmem_words: int  # fp32 words of vector memory
     imem_words: int  # instruction memory (128-bit words) of the controller
+    issue_cycles: int = 1  # controller cycles to fetch, decode and dispatch one instruction
+    vec_latency: int = 4  # adder/multiplier pipeline depth
+    exp_cycles: int = 12  # vexp: 12 multiplies and 12 adds per element
+    recip_cycles: int = 9  # vrecip: 9 multiplies, 4 adds
+    rsqrt_cycles: int = 10  # vrsqrt: 10 multiplies, 4 adds
+    gelu_cycles: int = 33  # vgelu: 7 multiplies, 5 adds, plus exp and reciprocal
 
     def __post_init__(self) -> None:
-        names = ("vector_lanes", "vmem_words", "imem_words")
+        names = tuple(f.name for f in dataclasses.fields(self))
         _check_int("asic", self, names)
         _check_positive("asic", self, names)
         _check_pow2("asic", self, ("vector_lanes",))
@@ -296,7 +308,9 @@ class MachineConfig:
             extra = sorted(set(values) - known)
             if extra:
                 raise PimgptError(f"{where}: unknown key(s) in [{group}]: {', '.join(extra)}")
-            missing = sorted(known - set(values))
+            required = {f.name for f in dataclasses.fields(klass)
+                        if f.default is dataclasses.MISSING}
+            missing = sorted(required - set(values))
             if missing:
                 raise PimgptError(f"{where}: missing key(s) in [{group}]: {', '.join(missing)}")
             try:

@@ -23,6 +23,7 @@ from pimgpt.hdl.isa import Opcode as Op
 from pimgpt.hdl.params import MachineConfig
 from pimgpt.mapping.pimbin import PimBinary
 from pimgpt.sim import numerics as nm
+from pimgpt.sim.scalar import SCALAR_EXEC, exec_scalar, set_reg
 
 #: Largest bank array allocated for a binary that carries no DRAM image (asm programs).
 _MAX_BLANK_ELEMS = 1 << 28
@@ -45,10 +46,6 @@ class Generation:
     generated_ids: list[int]
     logits: list[np.ndarray] = field(default_factory=list)
     counters: dict[str, int] = field(default_factory=dict)
-
-
-def _wrap32(v: int) -> int:
-    return ((v + (1 << 31)) & 0xFFFFFFFF) - (1 << 31)
 
 
 class FunctionalMachine:
@@ -125,8 +122,7 @@ class FunctionalMachine:
         self.counters: Counter[str] = Counter()
 
     def set_reg(self, index: int, value: int) -> None:
-        if index:
-            self.regs[index] = _wrap32(int(value))
+        set_reg(self.regs, index, value)
 
     def run(self, max_steps: int = 50_000_000) -> Result:
         """Execute from pc 0 until END; errors name the pc and the problem."""
@@ -208,8 +204,7 @@ class FunctionalMachine:
     def _handlers(self) -> dict[Op, Callable[[dict[str, int]], int | None]]:
         return {
             Op.NOP: lambda a: None, Op.SYNC: lambda a: None,
-            Op.SLI: self._sli, Op.SADD: self._sadd, Op.SMUL: self._smul, Op.SDIV: self._sdiv,
-            Op.SMOD: self._smod, Op.BLT: self._blt, Op.BGE: self._bge,
+            **{op: (lambda a, op=op: exec_scalar(op, a, self.regs)) for op in SCALAR_EXEC},
             Op.WR_GB: self._wr_gb, Op.MAC_ABK: self._mac_abk, Op.MAC_SBK: self._mac_sbk,
             Op.RD_MAC: self._rd_mac, Op.WR_BANK: self._wr_bank, Op.RD_BANK: self._rd_bank,
             Op.WR_ABK: self._wr_abk,
@@ -219,31 +214,6 @@ class FunctionalMachine:
             Op.VEXP: self._vfun, Op.VRECIP: self._vfun, Op.VRSQRT: self._vfun,
             Op.VGELU: self._vfun, Op.VARGMAX: self._vargmax,
         }
-
-    def _sli(self, a: dict[str, int]) -> None:
-        self.set_reg(a["rd"], a["imm"])
-
-    def _sadd(self, a: dict[str, int]) -> None:
-        self.set_reg(a["rd"], self.regs[a["rs"]] + self.regs[a["rt"]] + a["imm"])
-
-    def _smul(self, a: dict[str, int]) -> None:
-        self.set_reg(a["rd"], self.regs[a["rs"]] * a["imm"])
-
-    def _sdiv(self, a: dict[str, int]) -> None:
-        if a["imm"] <= 0:
-            raise PimgptError(f"SDIV by {a['imm']} (the divisor must be positive)")
-        self.set_reg(a["rd"], self.regs[a["rs"]] // a["imm"])
-
-    def _smod(self, a: dict[str, int]) -> None:
-        if a["imm"] <= 0:
-            raise PimgptError(f"SMOD by {a['imm']} (the divisor must be positive)")
-        self.set_reg(a["rd"], self.regs[a["rs"]] % a["imm"])
-
-    def _blt(self, a: dict[str, int]) -> int | None:
-        return a["imm"] if self.regs[a["rs"]] < self.regs[a["rt"]] else None
-
-    def _bge(self, a: dict[str, int]) -> int | None:
-        return a["imm"] if self.regs[a["rs"]] >= self.regs[a["rt"]] else None
 
     # PIM ------------------------------------------------------------------------------------
 

@@ -1,0 +1,492 @@
+"""Cycle-accurate timing of PIM-GPT programs at DRAM-command level.
+
+Time is counted in DRAM command-clock cycles (``clocks.dram_mhz``) from 0. The model:
+
+- **Controller.** Instructions are dispatched in program order, one per ``asic.issue_cycles``
+  ASIC cycles; scalar and branch instructions finish at dispatch. Each PIM channel and the
+  vector unit executes its instructions in order; an instruction starts when it is dispatched,
+  its unit is free and the vector-memory words it reads (written by earlier instructions) are
+  ready and those it writes are no longer in use (a scoreboard over address ranges). ``SYNC``
+  and ``END`` wait for every unit.
+- **Channels.** Each PIM instruction becomes DRAM commands on every channel of its mask
+  (ACT/ACT16, MAC/MAC16, WRGB, RDMAC, RD/WR, WR16, PRE/PREA, REF), each issued at the earliest
+  cycle that satisfies every rule of :data:`pimgpt.hdl.timing.RULES`, the tFAW window and one
+  command per cycle, in order (open-row policy: a row stays open until a command needs another
+  row of that bank). Refresh: when a channel starts an instruction or opens a row at or after a
+  refresh due time (every tREFI), it first closes its rows and issues REF at the earliest legal
+  cycle no sooner than the due time.
+- **Vector unit.** An operation on N elements takes ceil(N / lanes) beats of
+  ``*_cycles`` ASIC cycles each (1 for element-wise work) plus the pipeline latency, more for
+  reductions (log2 lanes tree levels).
+
+``fast=True`` computes each run of same-kind column commands inside one row in closed form
+(first command by the rules, the rest at the fixed spacing the rules force); the result is
+identical to issuing every command (``fast=False``), which the tests check on many programs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+from pimgpt.errors import PimgptError
+from pimgpt.hdl import isa
+from pimgpt.hdl.isa import Opcode as Op
+from pimgpt.hdl.params import MachineConfig, ns_to_cycles
+from pimgpt.hdl.timing import (ALL_BANK_CMDS, FAW, REFRESH, RULE_CMDS, RULES, DramCmd, Scope,
+                               bank_group, rule_cmd)
+from pimgpt.mapping.pimbin import PimBinary
+from pimgpt.sim.scalar import SCALAR_EXEC, exec_scalar, set_reg
+from pimgpt.sim.trace import TraceEntry
+
+NEVER = -(1 << 60)
+C = DramCmd
+
+
+@dataclass
+class Interval:
+    """A unit's busy span (for shares and the timeline)."""
+
+    unit: str  # "ch0".., "vector"
+    kind: str  # "mac", "move", "asic"
+    name: str
+    start: int
+    end: int
+
+
+@dataclass
+class StepTiming:
+    """One program run: its span in cycles and what happened."""
+
+    start: int
+    end: int
+    counters: Counter = field(default_factory=Counter)
+
+    @property
+    def cycles(self) -> int:
+        return self.end - self.start
+
+
+class _Channel:
+    """Command timing state of one PIM channel."""
+
+    def __init__(self, sim: "CycleSimulator", index: int):
+        self.sim, self.index = sim, index
+        g = sim.cfg.geometry
+        self.nb = g.banks_per_channel
+        self.ngroups = g.bank_groups
+        self.group = [bank_group(b, sim.cfg) for b in range(self.nb)]
+        self.open: list[int | None] = [None] * self.nb
+        self.lb = {k: [NEVER] * self.nb for k in RULE_CMDS}
+        self.lg = {k: [NEVER] * self.ngroups for k in RULE_CMDS}
+        self.lc = {k: NEVER for k in RULE_CMDS}
+        self.last = -1
+        self.faw: deque[int] = deque(maxlen=FAW.count)
+        self.next_ref = sim.t_refi
+        self.counts: Counter = sim.counters
+
+    # --- one command -------------------------------------------------------------------------
+
+    def earliest(self, cmd: DramCmd, bank: int | None, t: int) -> int:
+        """First cycle >= t at which ``cmd`` satisfies every rule (bank None: all banks)."""
+        t = max(t, self.last + 1)
+        form = rule_cmd(cmd)
+        for first, scope, d in self.sim.cons[form]:
+            if bank is None or scope is Scope.CHANNEL:
+                prev = self.lc[first]
+            elif scope is Scope.BANK:
+                prev = self.lb[first][bank]
+            elif scope is Scope.GROUP:
+                prev = self.lg[first][self.group[bank]]
+            else:
+                gb = self.group[bank]
+                prev = max((v for i, v in enumerate(self.lg[first]) if i != gb), default=NEVER)
+            if prev + d > t:
+                t = prev + d
+        if form is C.ACT and len(self.faw) == FAW.count:
+            t = max(t, self.faw[0] + self.sim.t_faw)
+        return t
+
+    def record(self, cmd: DramCmd, bank: int | None, t: int, row: int | None = None,
+               col: int | None = None, repeat: int = 1, step: int = 0) -> None:
+        """Book ``repeat`` commands at t, t+step, ... (all rule-legal, checked by the caller)."""
+        form = rule_cmd(cmd)
+        last_t = t + (repeat - 1) * step
+        if cmd in ALL_BANK_CMDS:
+            self.lb[form] = [last_t] * self.nb
+            self.lg[form] = [last_t] * self.ngroups
+        elif bank is not None:
+            self.lb[form][bank] = last_t
+            self.lg[form][self.group[bank]] = last_t
+        self.lc[form] = last_t
+        self.last = last_t
+        if form is C.ACT:
+            self.faw.append(t)
+        if cmd is C.ACT16:
+            self.open = [row] * self.nb
+        elif cmd is C.ACT:
+            self.open[bank] = row
+        elif cmd in (C.PREA, C.REF):
+            self.open = [None] * self.nb
+        elif cmd is C.PRE:
+            self.open[bank] = None
+        self.counts[cmd.name] += repeat
+        if self.sim.trace is not None:
+            tb = None if cmd in ALL_BANK_CMDS else bank
+            for i in range(repeat):
+                self.sim.trace.append(TraceEntry(t + i * step, self.index, cmd, tb, row,
+                                                 None if col is None else col + i))
+
+    def issue(self, cmd: DramCmd, bank: int | None, t: int, row: int | None = None,
+              col: int | None = None) -> int:
+        t = self.earliest(cmd, bank, t)
+        self.record(cmd, bank, t, row, col)
+        return t
+
+    # --- row management and refresh ----------------------------------------------------------
+
+    def refresh_if_due(self, t: int) -> None:
+        """Issue every REF due by cycle ``t`` (closing the rows first), each >= its due time."""
+        while max(t, self.last + 1) >= self.next_ref:
+            due = self.next_ref
+            if any(r is not None for r in self.open):
+                self.issue(C.PREA, None, due)
+            self.issue(C.REF, None, due)
+            self.next_ref += self.sim.t_refi
+
+    def ensure_row(self, bank: int | None, row: int, t: int) -> bool:
+        """Open ``row`` (in every bank when bank is None); True when it was already open."""
+        banks = range(self.nb) if bank is None else (bank,)
+        if all(self.open[b] == row for b in banks):
+            return True
+        self.refresh_if_due(t)
+        if bank is None:
+            if any(r is not None for r in self.open):
+                self.issue(C.PREA, None, t)
+            self.issue(C.ACT16, None, t, row)
+        else:
+            if self.open[bank] is not None:
+                self.issue(C.PRE, bank, t)
+            self.issue(C.ACT, bank, t, row)
+        return False
+
+    def column_run(self, cmd: DramCmd, bank: int | None, first_col: int, n: int, t: int,
+                   on_bus: bool = True) -> int:
+        """``n`` column commands over consecutive columns (element-column index) starting at
+        ``first_col``, opening rows as needed; returns the cycle of the last one."""
+        cpr = self.sim.cols_per_row
+        c, end, last = first_col, first_col + n, t
+        while c < end:
+            row, col = divmod(c, cpr)
+            k = min(end - c, cpr - col)
+            if self.ensure_row(bank, row, t):
+                self.sim.counters["row_hits"] += k
+            else:
+                self.sim.counters["row_hits"] += k - 1
+                self.sim.counters["row_misses"] += 1
+            last = self._run(cmd, bank, row, col, k, t)
+            c += k
+        return last
+
+    def _run(self, cmd: DramCmd, bank: int | None, row: int | None, col: int | None, k: int,
+             t: int) -> int:
+        """k same-kind commands back to back (no row change in between)."""
+        t0 = self.earliest(cmd, bank, t)
+        if k > 1 and self.sim.fast:
+            # Every rule from an earlier command binds the first one hardest, so the others
+            # follow at the spacing the rules between two such commands force.
+            step = self.sim.self_step[(rule_cmd(cmd), bank is None)]
+            self.record(cmd, bank, t0, row, col, repeat=k, step=step)
+            return t0 + (k - 1) * step
+        self.record(cmd, bank, t0, row, col)
+        tl = t0
+        for i in range(1, k):
+            tl = self.issue(cmd, bank, tl, row, None if col is None else col + i)
+        return tl
+
+    def channel_cmds(self, cmd: DramCmd, n: int, t: int, col: int | None = None) -> int:
+        """``n`` channel-level commands (WRGB, RDMAC) back to back."""
+        return self._run(cmd, None, None, col, n, t)
+
+
+class CycleSimulator:
+    """Times programs on one machine configuration (state persists across runs)."""
+
+    def __init__(self, config: MachineConfig, *, fast: bool = True, trace: bool = False,
+                 timeline: bool = False):
+        self.cfg = config
+        g, clk, a = config.geometry, config.clocks, config.asic
+        self.fast = fast
+        self.trace: list[TraceEntry] | None = [] if trace else None
+        self.intervals: list[Interval] | None = [] if timeline else None
+        self.lanes = g.mac_lanes
+        self.cols_per_row = g.cols_per_row
+        self.nb, self.nc = g.banks_per_channel, g.channels
+        # rules by the command they constrain, zero distances dropped
+        self.cons: dict[DramCmd, list[tuple[DramCmd, Scope, int]]] = {k: [] for k in RULE_CMDS}
+        for r in RULES:
+            d = r.cycles(config)
+            if d > 0:
+                self.cons[r.second].append((r.first, r.scope, d))
+        self.t_faw = FAW.cycles(config)
+        self.t_refi = REFRESH.interval(config)
+        # spacing of back-to-back same-kind commands (the closed form of the fast path)
+        self.self_step: dict[tuple[DramCmd, bool], int] = {}
+        for form in RULE_CMDS:
+            for allb in (True, False):
+                scopes = {Scope.BANK, Scope.GROUP, Scope.CHANNEL} | (
+                    {Scope.OTHER_GROUP} if allb else set())
+                d = max((dd for f, s, dd in self.cons[form] if f is form and s in scopes),
+                        default=0)
+                self.self_step[(form, allb)] = max(d, 1)
+        cyc = lambda name: ns_to_cycles(getattr(config.timing, name), clk.dram_mhz)  # noqa: E731
+        self.rdmac_latency = cyc("tCL_REG") + cyc("tBL")
+        self.rd_latency = cyc("tCL") + cyc("tBL")
+        self.wrgb_latency = cyc("tCWL_GB") + cyc("tBL")
+        self.wr_latency = cyc("tCWL") + cyc("tBL")
+        self.asic_ns = 1000.0 / clk.asic_mhz
+        self.dispatch_step = self.asic_cycles(a.issue_cycles)
+        self.fn_cycles = {Op.VEXP: a.exp_cycles, Op.VRECIP: a.recip_cycles,
+                          Op.VRSQRT: a.rsqrt_cycles, Op.VGELU: a.gelu_cycles}
+        self.counters: Counter = Counter()
+        self.channels = [_Channel(self, c) for c in range(self.nc)]
+        self.vec_free = 0
+        self.dispatch = 0
+        self.now = 0  # completion of the last run
+        self.writes: list[tuple[int, int, int]] = []  # vmem (lo, hi, ready)
+        self.reads: list[tuple[int, int, int]] = []  # vmem (lo, hi, done)
+        self.code: list[tuple[Op, dict[str, int]]] = []
+        self.meta: dict = {}
+
+    # --- helpers -----------------------------------------------------------------------------
+
+    def asic_cycles(self, n: int) -> int:
+        """ASIC cycles as DRAM command-clock cycles (rounded up)."""
+        return ns_to_cycles(n * self.asic_ns, self.cfg.clocks.dram_mhz)
+
+    def _ready(self, lo: int, hi: int) -> int:
+        t = 0
+        for a, b, r in self.writes:
+            if a < hi and lo < b and r > t:
+                t = r
+        return t
+
+    def _free(self, lo: int, hi: int) -> int:
+        t = self._ready(lo, hi)
+        for a, b, r in self.reads:
+            if a < hi and lo < b and r > t:
+                t = r
+        return t
+
+    def _note(self, reads: Iterable[tuple[int, int]], read_done: int,
+              writes: Iterable[tuple[int, int]], ready: int) -> None:
+        for lo, hi in reads:
+            if hi > lo:
+                self.reads.append((lo, hi, read_done))
+        for lo, hi in writes:
+            if hi > lo:
+                self.writes.append((lo, hi, ready))
+        if len(self.reads) + len(self.writes) > 64:
+            # nothing later starts before its dispatch, so older entries can no longer delay
+            floor = self.dispatch
+            self.reads = [e for e in self.reads if e[2] > floor]
+            self.writes = [e for e in self.writes if e[2] > floor]
+
+    def _span(self, unit: str, kind: str, op: Op, start: int, end: int) -> None:
+        if self.intervals is not None:
+            self.intervals.append(Interval(unit, kind, op.name, start, end))
+
+    # --- programs ----------------------------------------------------------------------------
+
+    def load(self, binary: PimBinary) -> None:
+        """Take a program (checked against this configuration)."""
+        if binary.config.hash != self.cfg.hash:
+            raise PimgptError(f"program was compiled for machine '{binary.config.name}', not "
+                              f"'{self.cfg.name}'")
+        self.load_code(binary.code, binary.meta)
+
+    def load_code(self, code: Sequence[isa.Instruction], meta: dict | None = None) -> None:
+        self.code = [(i.op, {f.name: int(i.args.get(f.name, 0))
+                             for f in isa.FIELDS[isa.format_of(i.op)]}) for i in code]
+        self.meta = dict(meta or {})
+
+    def run(self, regs: dict[int, int] | None = None, max_steps: int = 50_000_000) -> StepTiming:
+        """Time one run of the program from pc 0 to END, starting when the last run ended."""
+        r = [0] * isa.NUM_SREGS
+        for k, v in (regs or {}).items():
+            set_reg(r, k, v)
+        before = Counter(self.counters)
+        start = self.now
+        self.dispatch = max(self.dispatch, start)
+        pc, steps, code = 0, 0, self.code
+        while True:
+            if pc >= len(code):
+                raise PimgptError(f"pc {pc} ran past the end of the program without END")
+            op, a = code[pc]
+            steps += 1
+            if steps > max_steps:
+                raise PimgptError(f"program did not reach END within {max_steps} instructions")
+            self.counters["instructions"] += 1
+            t = self.dispatch
+            self.dispatch += self.dispatch_step
+            if op in SCALAR_EXEC:
+                nxt = exec_scalar(op, a, r)
+                pc = pc + 1 if nxt is None else nxt
+                continue
+            if op is Op.END or op is Op.SYNC:
+                done = max([self.vec_free, t] + [self._channel_done()]
+                           + [e[2] for e in self.writes] + [e[2] for e in self.reads])
+                self.dispatch = max(self.dispatch, done)
+                if op is Op.END:
+                    self.now = done
+                    break
+            elif op is not Op.NOP:
+                try:
+                    self._execute(op, a, r, t)
+                except PimgptError as exc:
+                    raise PimgptError(f"pc {pc} ({op.name}): {exc}") from None
+            pc += 1
+        delta = Counter(self.counters)
+        delta.subtract(before)
+        return StepTiming(start, self.now, +delta)
+
+    def _channel_done(self) -> int:
+        return max((c.last + 1 for c in self.channels if c.last >= 0), default=0)
+
+    def finish(self) -> None:
+        """Issue the refreshes due by the end of the last run (idle channels refresh too)."""
+        for ch in self.channels:
+            while ch.next_ref <= self.now:
+                due = ch.next_ref
+                if any(r is not None for r in ch.open):
+                    ch.issue(C.PREA, None, due)
+                ch.issue(C.REF, None, due)
+                ch.next_ref += self.t_refi
+
+    # --- instruction timing ------------------------------------------------------------------
+
+    def _eff(self, a: dict[str, int], regs: list[int], name: str) -> int:
+        return a[name] + regs[a[name + "_reg"]]
+
+    def _chans(self, mask: int) -> list[_Channel]:
+        if mask >> self.nc:
+            raise PimgptError(f"channel mask 0x{mask:x} names channels this machine lacks")
+        return [self.channels[c] for c in range(self.nc) if mask >> c & 1]
+
+    def _execute(self, op: Op, a: dict[str, int], regs: list[int], t: int) -> None:
+        if op in isa.PIM_OPS:
+            self._pim(op, a, regs, t)
+        else:
+            self._vector(op, a, regs, t)
+
+    def _pim(self, op: Op, a: dict[str, int], regs: list[int], t: int) -> None:
+        lanes, nb = self.lanes, self.nb
+        e = lambda name: self._eff(a, regs, name)  # noqa: E731
+        n = e("n")
+        ends = []
+        kind = "mac" if op in (Op.MAC_ABK, Op.MAC_SBK) else "move"
+        if op is Op.WR_GB:
+            v = e("vaddr")
+            src = (v, v + n * lanes)
+            t0 = max(t, self._ready(*src))
+            for ch in self._chans(a["ch_mask"]):
+                ch.refresh_if_due(t0)
+                s = max(t0, ch.last + 1)
+                last = ch.channel_cmds(C.WRGB, n, t0, a["gb"]) if n else t0
+                self.counters["io_bits"] += n * lanes * 16
+                ends.append(last + self.wrgb_latency)
+                self._span(f"ch{ch.index}", kind, op, s, last + 1)
+            self._note([src], max(ends, default=t0), [], 0)
+        elif op in (Op.MAC_ABK, Op.MAC_SBK):
+            addr = e("addr")
+            if addr % lanes:
+                raise PimgptError(f"MAC address {addr} is not column-aligned")
+            if op is Op.MAC_ABK:
+                targets = [(ch, None) for ch in self._chans(a["ch_mask"])]
+            else:
+                g = e("bank")
+                targets = [(self.channels[g // nb], g % nb)]
+            for ch, bank in targets:
+                ch.refresh_if_due(t)
+                s = max(t, ch.last + 1)
+                cmd = C.MAC16 if bank is None else C.MAC
+                last = ch.column_run(cmd, bank, addr // lanes, n, t) if n else s
+                self.counters["mac_columns"] += n * (nb if bank is None else 1)
+                self._span(f"ch{ch.index}", kind, op, s, last + 1)
+        elif op is Op.RD_MAC:
+            chans = self._chans(a["ch_mask"])
+            v = e("vaddr")
+            dst = (v, v + len(chans) * nb)
+            t0 = max(t, self._free(*dst))
+            for ch in chans:
+                ch.refresh_if_due(t0)
+                s = max(t0, ch.last + 1)
+                tr = ch.channel_cmds(C.RDMAC, 1, t0)
+                self.counters["io_bits"] += nb * 16
+                ends.append(tr + self.rdmac_latency)
+                self._span(f"ch{ch.index}", kind, op, s, tr + self.rdmac_latency)
+            self._note([], 0, [dst], max(ends, default=t0))
+        elif op in (Op.WR_BANK, Op.RD_BANK):
+            g, addr, v = e("bank"), e("addr"), e("vaddr")
+            ch, bank = self.channels[g // nb], g % nb
+            span = (v, v + n)
+            t0 = max(t, self._ready(*span) if op is Op.WR_BANK else self._free(*span))
+            ch.refresh_if_due(t0)
+            s = max(t0, ch.last + 1)
+            if n:
+                first, lastc = addr // lanes, (addr + n - 1) // lanes
+                cmd = C.WR if op is Op.WR_BANK else C.RD
+                last = ch.column_run(cmd, bank, first, lastc - first + 1, t0)
+                self.counters["io_bits"] += (lastc - first + 1) * lanes * 16
+            else:
+                last = s
+            lat = self.wr_latency if op is Op.WR_BANK else self.rd_latency
+            self._span(f"ch{ch.index}", kind, op, s, last + lat)
+            if op is Op.WR_BANK:
+                self._note([span], last + lat, [], 0)
+            else:
+                self._note([], 0, [span], last + lat)
+        elif op is Op.WR_ABK:
+            chans = self._chans(a["ch_mask"])
+            addr, v = e("addr"), e("vaddr")
+            src = (v, v + len(chans) * nb)
+            t0 = max(t, self._ready(*src))
+            for ch in chans:
+                ch.refresh_if_due(t0)
+                s = max(t0, ch.last + 1)
+                last = ch.column_run(C.WR16, None, addr // lanes, 1, t0)
+                self.counters["io_bits"] += lanes * 16
+                ends.append(last + self.wr_latency)
+                self._span(f"ch{ch.index}", kind, op, s, last + self.wr_latency)
+            self._note([src], max(ends, default=t0), [], 0)
+
+    def _vector(self, op: Op, a: dict[str, int], regs: list[int], t: int) -> None:
+        n = a["n"] + regs[a["n_reg"]]
+        dst = a["dst"] + regs[a["dst_reg"]]
+        src = a["a"] + regs[a["a_reg"]]
+        reads: list[tuple[int, int]] = []
+        writes: list[tuple[int, int]] = []
+        if op not in (Op.VSET,):
+            reads.append((src, src + n))
+        if op in (Op.VADD, Op.VSUB, Op.VMUL):
+            reads.append((a["b"], a["b"] + (1 if a["bcast"] else n)))
+        if op in (Op.VSUM, Op.VMAX):
+            writes.append((dst, dst + 1))
+        elif op is not Op.VARGMAX:
+            writes.append((dst, dst + n))
+        beats = math.ceil(n / self.cfg.asic.vector_lanes)
+        per_beat = self.fn_cycles.get(op, 1)
+        lat = self.cfg.asic.vec_latency
+        if op in (Op.VSUM, Op.VMAX, Op.VARGMAX):
+            lat += int(math.log2(self.cfg.asic.vector_lanes)) * self.cfg.asic.vec_latency
+        start = max([t, self.vec_free] + [self._ready(lo, hi) for lo, hi in reads]
+                    + [self._free(lo, hi) for lo, hi in writes])
+        busy = self.asic_cycles(beats * per_beat) if n else 0
+        done = start + (self.asic_cycles(beats * per_beat + lat) if n else 0)
+        self.vec_free = start + busy
+        self.counters["asic_cycles"] += beats * per_beat
+        self.counters[f"asic_{op.name}"] += n
+        self._note(reads, done, writes, done)
+        self._span("vector", "asic", op, start, done)
