@@ -43,6 +43,9 @@ from pimgpt.sim.trace import TraceEntry
 
 NEVER = -(1 << 60)
 C = DramCmd
+_FORM = [rule_cmd(c).value for c in DramCmd]  # the rule form of each command, by value
+_ACT = DramCmd.ACT.value
+_BANK, _GROUP, _CHANNEL = Scope.BANK.value, Scope.GROUP.value, Scope.CHANNEL.value
 
 
 @dataclass
@@ -79,9 +82,11 @@ class _Channel:
         self.ngroups = g.bank_groups
         self.group = [bank_group(b, sim.cfg) for b in range(self.nb)]
         self.open: list[int | None] = [None] * self.nb
-        self.lb = {k: [NEVER] * self.nb for k in RULE_CMDS}
-        self.lg = {k: [NEVER] * self.ngroups for k in RULE_CMDS}
-        self.lc = {k: NEVER for k in RULE_CMDS}
+        # last issue cycle of each rule form (indexed by DramCmd value): per bank, per group,
+        # per channel; in-order issue makes "last" the latest
+        self.lb = [[NEVER] * self.nb for _ in DramCmd]
+        self.lg = [[NEVER] * self.ngroups for _ in DramCmd]
+        self.lc = [NEVER for _ in DramCmd]
         self.last = -1
         self.faw: deque[int] = deque(maxlen=FAW.count)
         self.next_ref = sim.t_refi
@@ -92,27 +97,27 @@ class _Channel:
     def earliest(self, cmd: DramCmd, bank: int | None, t: int) -> int:
         """First cycle >= t at which ``cmd`` satisfies every rule (bank None: all banks)."""
         t = max(t, self.last + 1)
-        form = rule_cmd(cmd)
+        form = _FORM[cmd.value]
         for first, scope, d in self.sim.cons[form]:
-            if bank is None or scope is Scope.CHANNEL:
+            if bank is None or scope == _CHANNEL:
                 prev = self.lc[first]
-            elif scope is Scope.BANK:
+            elif scope == _BANK:
                 prev = self.lb[first][bank]
-            elif scope is Scope.GROUP:
+            elif scope == _GROUP:
                 prev = self.lg[first][self.group[bank]]
             else:
                 gb = self.group[bank]
                 prev = max((v for i, v in enumerate(self.lg[first]) if i != gb), default=NEVER)
             if prev + d > t:
                 t = prev + d
-        if form is C.ACT and len(self.faw) == FAW.count:
+        if form == _ACT and len(self.faw) == FAW.count:
             t = max(t, self.faw[0] + self.sim.t_faw)
         return t
 
     def record(self, cmd: DramCmd, bank: int | None, t: int, row: int | None = None,
                col: int | None = None, repeat: int = 1, step: int = 0) -> None:
         """Book ``repeat`` commands at t, t+step, ... (all rule-legal, checked by the caller)."""
-        form = rule_cmd(cmd)
+        form = _FORM[cmd.value]
         last_t = t + (repeat - 1) * step
         if cmd in ALL_BANK_CMDS:
             self.lb[form] = [last_t] * self.nb
@@ -122,7 +127,7 @@ class _Channel:
             self.lg[form][self.group[bank]] = last_t
         self.lc[form] = last_t
         self.last = last_t
-        if form is C.ACT:
+        if form == _ACT:
             self.faw.append(t)
         if cmd is C.ACT16:
             self.open = [row] * self.nb
@@ -197,7 +202,7 @@ class _Channel:
         if k > 1 and self.sim.fast:
             # Every rule from an earlier command binds the first one hardest, so the others
             # follow at the spacing the rules between two such commands force.
-            step = self.sim.self_step[(rule_cmd(cmd), bank is None)]
+            step = self.sim.self_step[(_FORM[cmd.value], bank is None)]
             self.record(cmd, bank, t0, row, col, repeat=k, step=step)
             return t0 + (k - 1) * step
         self.record(cmd, bank, t0, row, col)
@@ -225,22 +230,22 @@ class CycleSimulator:
         self.cols_per_row = g.cols_per_row
         self.nb, self.nc = g.banks_per_channel, g.channels
         # rules by the command they constrain, zero distances dropped
-        self.cons: dict[DramCmd, list[tuple[DramCmd, Scope, int]]] = {k: [] for k in RULE_CMDS}
+        # (first form, scope, cycles) by second form; all as ints for speed
+        self.cons: list[list[tuple[int, int, int]]] = [[] for _ in DramCmd]
         for r in RULES:
             d = r.cycles(config)
             if d > 0:
-                self.cons[r.second].append((r.first, r.scope, d))
+                self.cons[r.second.value].append((r.first.value, r.scope.value, d))
         self.t_faw = FAW.cycles(config)
         self.t_refi = REFRESH.interval(config)
         # spacing of back-to-back same-kind commands (the closed form of the fast path)
-        self.self_step: dict[tuple[DramCmd, bool], int] = {}
+        self.self_step: dict[tuple[int, bool], int] = {}
         for form in RULE_CMDS:
             for allb in (True, False):
-                scopes = {Scope.BANK, Scope.GROUP, Scope.CHANNEL} | (
-                    {Scope.OTHER_GROUP} if allb else set())
-                d = max((dd for f, s, dd in self.cons[form] if f is form and s in scopes),
-                        default=0)
-                self.self_step[(form, allb)] = max(d, 1)
+                scopes = {_BANK, _GROUP, _CHANNEL} | ({Scope.OTHER_GROUP.value} if allb else set())
+                d = max((dd for f, s, dd in self.cons[form.value]
+                         if f == form.value and s in scopes), default=0)
+                self.self_step[(form.value, allb)] = max(d, 1)
         cyc = lambda name: ns_to_cycles(getattr(config.timing, name), clk.dram_mhz)  # noqa: E731
         self.rdmac_latency = cyc("tCL_REG") + cyc("tBL")
         self.rd_latency = cyc("tCL") + cyc("tBL")
@@ -288,9 +293,10 @@ class CycleSimulator:
         for lo, hi in writes:
             if hi > lo:
                 self.writes.append((lo, hi, ready))
-        if len(self.reads) + len(self.writes) > 64:
-            # nothing later starts before its dispatch, so older entries can no longer delay
-            floor = self.dispatch
+        if len(self.reads) + len(self.writes) > 32:
+            # Nothing later starts before both its dispatch and its unit are free: entries that
+            # end by then can no longer delay anything.
+            floor = max(self.dispatch, min([self.vec_free] + [c.last + 1 for c in self.channels]))
             self.reads = [e for e in self.reads if e[2] > floor]
             self.writes = [e for e in self.writes if e[2] > floor]
 
