@@ -223,10 +223,10 @@ class Timing:
 class Asic:
     """ASIC resources: the vector unit, its SRAM, and how long its work takes (ASIC cycles).
 
-    Each vector lane has one binary32 adder and one multiplier, pipelined ``vec_latency`` deep;
-    an element-wise op streams one beat (``vector_lanes`` elements) per cycle. exp, reciprocal,
-    rsqrt and GELU run their docs/numerics.md sequences on those units: ``*_cycles`` is the
-    cycles per beat (dependent multiply/add pairs in the sequence).
+    Every vector operation streams one beat (``vector_lanes`` elements) per cycle through
+    pipelined units: the binary32 adder/multiplier pipeline is ``vec_latency`` deep; exp,
+    reciprocal, rsqrt and GELU are unrolled docs/numerics.md sequences whose extra depth is
+    ``*_cycles`` (their dependent multiply/add steps). Reductions add a lane tree.
     """
 
     vector_lanes: int  # fp32 lanes of the vector unit; also fixes the reduction order
@@ -234,10 +234,10 @@ class Asic:
     imem_words: int  # instruction memory (128-bit words) of the controller
     issue_cycles: int = 1  # controller cycles to fetch, decode and dispatch one instruction
     vec_latency: int = 4  # adder/multiplier pipeline depth
-    exp_cycles: int = 12  # vexp: 12 multiplies and 12 adds per element
-    recip_cycles: int = 9  # vrecip: 9 multiplies, 4 adds
-    rsqrt_cycles: int = 10  # vrsqrt: 10 multiplies, 4 adds
-    gelu_cycles: int = 33  # vgelu: 7 multiplies, 5 adds, plus exp and reciprocal
+    exp_cycles: int = 24  # vexp: 12 dependent multiplies and 12 adds
+    recip_cycles: int = 13  # vrecip: 9 multiplies, 4 adds
+    rsqrt_cycles: int = 14  # vrsqrt: 10 multiplies, 4 adds
+    gelu_cycles: int = 49  # vgelu: 7 multiplies, 5 adds, then exp and reciprocal
 
     def __post_init__(self) -> None:
         names = tuple(f.name for f in dataclasses.fields(self))

@@ -15,9 +15,10 @@ Time is counted in DRAM command-clock cycles (``clocks.dram_mhz``) from 0. The m
   row of that bank). Refresh: when a channel starts an instruction or opens a row at or after a
   refresh due time (every tREFI), it first closes its rows and issues REF at the earliest legal
   cycle no sooner than the due time.
-- **Vector unit.** An operation on N elements takes ceil(N / lanes) beats of
-  ``*_cycles`` ASIC cycles each (1 for element-wise work) plus the pipeline latency, more for
-  reductions (log2 lanes tree levels).
+- **Vector unit.** An operation on N elements streams ceil(N / lanes) beats, one per ASIC
+  cycle, and completes after the pipeline latency (deeper for exp, reciprocal, rsqrt and GELU,
+  log2(lanes) adder levels more for reductions); the next operation may start streaming as soon
+  as the previous one has.
 
 ``fast=True`` computes each run of same-kind column commands inside one row in closed form
 (first command by the rules, the rest at the fixed spacing the rules force); the result is
@@ -483,16 +484,15 @@ class CycleSimulator:
         elif op is not Op.VARGMAX:
             writes.append((dst, dst + n))
         beats = math.ceil(n / self.cfg.asic.vector_lanes)
-        per_beat = self.fn_cycles.get(op, 1)
-        lat = self.cfg.asic.vec_latency
+        lat = self.cfg.asic.vec_latency + self.fn_cycles.get(op, 0)
         if op in (Op.VSUM, Op.VMAX, Op.VARGMAX):
             lat += int(math.log2(self.cfg.asic.vector_lanes)) * self.cfg.asic.vec_latency
         start = max([t, self.vec_free] + [self._ready(lo, hi) for lo, hi in reads]
                     + [self._free(lo, hi) for lo, hi in writes])
-        busy = self.asic_cycles(beats * per_beat) if n else 0
-        done = start + (self.asic_cycles(beats * per_beat + lat) if n else 0)
+        busy = self.asic_cycles(beats) if n else 0
+        done = start + (self.asic_cycles(beats + lat) if n else 0)
         self.vec_free = start + busy
-        self.counters["asic_cycles"] += beats * per_beat
+        self.counters["asic_cycles"] += beats
         self.counters[f"asic_{op.name}"] += n
         self._note(reads, done, writes, done)
         self._span("vector", "asic", op, start, done)

@@ -101,8 +101,8 @@ def test_vector_work_waits_for_mac_results():
                         isa.make(Op.VEXP, dst=100, a=0, n=16), isa.make(Op.END)])
     rdmac = [t for t, n in commands(sim) if n == "RDMAC"][0]
     ready = rdmac + cyc(c, "tCL_REG") + cyc(c, "tBL")
-    per_beat = c.asic.exp_cycles + c.asic.vec_latency  # one beat of 16 lanes
-    assert step.cycles == ready + sim.asic_cycles(per_beat)
+    one_beat = 1 + c.asic.vec_latency + c.asic.exp_cycles  # 16 lanes: one beat, then latency
+    assert step.cycles == ready + sim.asic_cycles(one_beat)
 
 
 def test_refresh_is_issued_every_trefi_and_the_trace_is_legal():
