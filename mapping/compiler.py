@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -196,14 +196,18 @@ class Compiler:
         self.v_tmp = va("partial", max(outs))
         self.v_y = va("vmm_out", max(m.out_words for k, m in self.mats.items()
                                      if not k.startswith(("wte", "wpe", "lm_head"))) if L else 0)
-        self.v_bias = va("bias", max(d, f, 3 * d))
-        self.v_gamma = va("gamma", d)
-        self.v_beta = va("beta", d)
+        # a layer's biases and LayerNorm parameters, each in its own buffer so that all of
+        # them are fetched at the start of the layer, ahead of the work that needs them
+        self.v_params = {k: va(k, n) for k, n in (
+            ("ln_1.weight", d), ("ln_1.bias", d), ("attn.c_attn.bias", 3 * d),
+            ("attn.c_proj.bias", d), ("ln_2.weight", d), ("ln_2.bias", d),
+            ("mlp.c_fc.bias", f), ("mlp.c_proj.bias", d))}
         self.v_s1 = va("scalar", 16)
         self.v_emb = va("emb_pos", d)
         self.v_qpad = va("q_padded", pad_in(s.n_head * round_up(s.d_head, self.lanes)))
         self.s_stride = round_up(ceil_div(self.max_tokens, self.banks) * self.banks, 16) + 16
         self.v_scores = va("scores", s.n_head * self.s_stride)
+        self.v_head_scalars = va("head_scalars", s.n_head)
         fs = ceil_div(s.d_head, self.nb)
         rounds = ceil_div(s.n_head, self.nc)
         self.v_opad = va("attn_partial", rounds * fs * self.nc * self.nb)
@@ -239,7 +243,12 @@ class Compiler:
         bank, addr, length = self.vectors.homes[name]
         self.e(Op.RD_BANK, bank=bank, addr=addr, n=length, vaddr=vaddr)
 
-    def _vmm(self, name: str, x: int, y: int, bias: str | None) -> MatrixPlacement:
+    def _prefetch(self, prefix: str, names: Sequence[str]) -> None:
+        """Read parameter vectors into their buffers (``prefix + name`` -> v_params[name])."""
+        for name in names:
+            self._load_vector(prefix + name, self.v_params[name])
+
+    def _vmm(self, name: str, x: int, y: int, bias: int | None) -> MatrixPlacement:
         """y[0:d_out] = x @ W (+ bias): chunk by chunk, every group a row pass on all banks."""
         m, e = self.mats[name], self.e
         for k, (lo, length, seg, _off) in enumerate(m.chunks):
@@ -252,14 +261,11 @@ class Compiler:
             if k:
                 e.vec(Op.VADD, y, y, self.v_tmp, m.d_out)
         if bias is not None:
-            self._load_vector(bias, self.v_bias)
-            e.vec(Op.VADD, y, y, self.v_bias, m.d_out)
+            e.vec(Op.VADD, y, y, bias, m.d_out)
         return m
 
-    def _layernorm(self, prefix: str, src: int, dst: int) -> None:
+    def _layernorm(self, gamma: int, beta: int, src: int, dst: int) -> None:
         e, d = self.e, self.spec.d_model
-        self._load_vector(prefix + ".weight", self.v_gamma)
-        self._load_vector(prefix + ".bias", self.v_beta)
         s = self.v_s1
         inv_n = 1.0 / d
         e.vec(Op.VSUM, s, src, n=d)
@@ -271,8 +277,8 @@ class Compiler:
         e.vec(Op.VADDI, s + 1, s + 1, n=1, imm=self.spec.ln_eps)
         e.vec(Op.VRSQRT, s + 1, s + 1, n=1)
         e.vec(Op.VMUL, dst, dst, s + 1, d, bcast=1)
-        e.vec(Op.VMUL, dst, dst, self.v_gamma, d)
-        e.vec(Op.VADD, dst, dst, self.v_beta, d)
+        e.vec(Op.VMUL, dst, dst, gamma, d)
+        e.vec(Op.VADD, dst, dst, beta, d)
 
     def _embed(self) -> None:
         """x = wte[token] + wpe[pos], read from the matrices' placement (tied LM head)."""
@@ -340,19 +346,28 @@ class Compiler:
             e(Op.SADD, rd=R_LOOP, rs=R_LOOP, imm=1)
             e(Op.BLT, rs=R_LOOP, rt=R_N, imm=top)
 
-        # softmax over pos + 1 scores per head, then zero the rest of the last column
+        # softmax over pos + 1 scores per head, then zero the rest of the last column. Each
+        # step is emitted for every head of a score.V round before the next step, so the
+        # vector unit streams one head while the previous head's result is in its pipeline,
+        # and a round's score.V can start while the next round's softmax runs.
         scale = 1.0 / math.sqrt(dh)
-        sc = self.v_s1
-        for h in range(H):
-            row = self.v_scores + h * self.s_stride
-            e.vec(Op.VMULI, row, row, n=0, n_reg=R_LEN, imm=scale)
-            e.vec(Op.VMAX, sc, row, n=0, n_reg=R_LEN)
-            e.vec(Op.VSUB, row, row, sc, n=0, n_reg=R_LEN, bcast=1)
-            e.vec(Op.VEXP, row, row, n=0, n_reg=R_LEN)
-            e.vec(Op.VSUM, sc, row, n=0, n_reg=R_LEN)
-            e.vec(Op.VRECIP, sc, sc, n=1)
-            e.vec(Op.VMUL, row, row, sc, n=0, n_reg=R_LEN, bcast=1)
-            e.vec(Op.VSET, row, n=self.lanes, dst_reg=R_LEN, imm=0.0)
+        for r0 in range(0, H, self.nc):
+            heads = range(r0, min(H, r0 + self.nc))
+            rows = {h: self.v_scores + h * self.s_stride for h in heads}
+            sc = {h: self.v_head_scalars + h for h in heads}
+            steps = (
+                lambda h: e.vec(Op.VMULI, rows[h], rows[h], n=0, n_reg=R_LEN, imm=scale),
+                lambda h: e.vec(Op.VMAX, sc[h], rows[h], n=0, n_reg=R_LEN),
+                lambda h: e.vec(Op.VSUB, rows[h], rows[h], sc[h], n=0, n_reg=R_LEN, bcast=1),
+                lambda h: e.vec(Op.VEXP, rows[h], rows[h], n=0, n_reg=R_LEN),
+                lambda h: e.vec(Op.VSUM, sc[h], rows[h], n=0, n_reg=R_LEN),
+                lambda h: e.vec(Op.VRECIP, sc[h], sc[h], n=1),
+                lambda h: e.vec(Op.VMUL, rows[h], rows[h], sc[h], n=0, n_reg=R_LEN, bcast=1),
+                lambda h: e.vec(Op.VSET, rows[h], n=self.lanes, dst_reg=R_LEN, imm=0.0),
+            )
+            for step in steps:
+                for h in heads:
+                    step(h)
 
         # score . V: per round every channel takes one head; token chunks of one row
         tpr = vp.tokens_per_row
@@ -433,17 +448,22 @@ class Compiler:
         self._embed()
         for i in range(s.n_layer):
             p = f"h.{i}."
-            self._layernorm(p + "ln_1", self.v_x, self.v_ln)
-            self._vmm(p + "attn.c_attn.weight", self.v_ln, self.v_qkv, p + "attn.c_attn.bias")
+            P = self.v_params
+            self._prefetch(p, list(P))
+            self._layernorm(P["ln_1.weight"], P["ln_1.bias"], self.v_x, self.v_ln)
+            self._vmm(p + "attn.c_attn.weight", self.v_ln, self.v_qkv, P["attn.c_attn.bias"])
             self._attention(i)
-            self._vmm(p + "attn.c_proj.weight", self.v_o, self.v_y, p + "attn.c_proj.bias")
+            self._vmm(p + "attn.c_proj.weight", self.v_o, self.v_y, P["attn.c_proj.bias"])
             e.vec(Op.VADD, self.v_x, self.v_x, self.v_y, d)
-            self._layernorm(p + "ln_2", self.v_x, self.v_ln)
-            self._vmm(p + "mlp.c_fc.weight", self.v_ln, self.v_y, p + "mlp.c_fc.bias")
+            self._layernorm(P["ln_2.weight"], P["ln_2.bias"], self.v_x, self.v_ln)
+            self._vmm(p + "mlp.c_fc.weight", self.v_ln, self.v_y, P["mlp.c_fc.bias"])
             e.vec(Op.VGELU, self.v_act, self.v_y, n=f)
-            self._vmm(p + "mlp.c_proj.weight", self.v_act, self.v_y, p + "mlp.c_proj.bias")
+            self._vmm(p + "mlp.c_proj.weight", self.v_act, self.v_y, P["mlp.c_proj.bias"])
             e.vec(Op.VADD, self.v_x, self.v_x, self.v_y, d)
-        self._layernorm("ln_f", self.v_x, self.v_ln)
+        self._load_vector("ln_f.weight", self.v_params["ln_1.weight"])
+        self._load_vector("ln_f.bias", self.v_params["ln_1.bias"])
+        self._layernorm(self.v_params["ln_1.weight"], self.v_params["ln_1.bias"], self.v_x,
+                        self.v_ln)
         head = "wte.weight" if s.tied_head else "lm_head.weight"
         self._vmm(head, self.v_ln, self.v_logits, None)
         e.vec(Op.VARGMAX, 0, self.v_logits, n=s.vocab, rd=R_OUT)
