@@ -125,6 +125,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     _add_config_args(p)
     p.set_defaults(func=_cmd("pimgpt.sim.commands", "cmd_check_trace"))
+
+    p = sub.add_parser(
+        "simulate", help="time token generation on the cycle-accurate machine model",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Time greedy generation on the cycle-accurate model: in-order ASIC dispatch;\n"
+            "each PIM instruction as DRAM commands at the earliest cycle the timing rules,\n"
+            "tFAW and refresh allow (open-row policy); vector-unit beats and latency;\n"
+            "vector-memory dependencies. Energy: event counts x docs/energy.md constants."))
+    _add_model_args(p, required=False)
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--prompt", metavar="TEXT", help="prompt text (default: 'def ')")
+    src.add_argument("--prompt-ids", metavar="IDS", help="prompt token ids, comma-separated")
+    p.add_argument("--tokens", type=int, default=8, metavar="N",
+                   help="tokens to generate (default: 8)")
+    p.add_argument("--max-tokens", type=int, metavar="N",
+                   help="KV-cache positions to reserve when compiling (default: prompt + tokens)")
+    p.add_argument("--timing-only", action="store_true",
+                   help="time only: no DRAM image, no values (generated positions get token 0)")
+    p.add_argument("--trace", metavar="FILE.csv",
+                   help="write every DRAM command (check it with 'pimgpt check-trace')")
+    p.add_argument("--timeline", metavar="FILE.json",
+                   help="write unit busy intervals as Chrome trace-event JSON (Perfetto)")
+    p.add_argument("--event-engine", action="store_true",
+                   help="issue every DRAM command one by one (slow reference engine)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_config_args(p)
+    p.set_defaults(func=_cmd("pimgpt.sim.commands", "cmd_simulate"))
     return parser
 
 

@@ -265,6 +265,7 @@ class CycleSimulator:
         self.reads: list[tuple[int, int, int]] = []  # vmem (lo, hi, done)
         self.code: list[tuple[Op, dict[str, int]]] = []
         self.meta: dict = {}
+        self.regs = [0] * isa.NUM_SREGS
 
     # --- helpers -----------------------------------------------------------------------------
 
@@ -321,7 +322,7 @@ class CycleSimulator:
 
     def run(self, regs: dict[int, int] | None = None, max_steps: int = 50_000_000) -> StepTiming:
         """Time one run of the program from pc 0 to END, starting when the last run ended."""
-        r = [0] * isa.NUM_SREGS
+        r = self.regs  # persistent across runs, like the functional machine's
         for k, v in (regs or {}).items():
             set_reg(r, k, v)
         before = Counter(self.counters)
@@ -377,6 +378,28 @@ class CycleSimulator:
     def _eff(self, a: dict[str, int], regs: list[int], name: str) -> int:
         return a[name] + regs[a[name + "_reg"]]
 
+    def _vspan(self, lo: int, n: int) -> tuple[int, int]:
+        if lo < 0 or n < 0 or lo + n > self.cfg.asic.vmem_words:
+            raise PimgptError(f"vector memory words {lo}..{lo + n - 1} are outside "
+                              f"0..{self.cfg.asic.vmem_words - 1}")
+        return lo, lo + n
+
+    def _bank_span(self, addr: int, n: int) -> None:
+        size = self.cfg.geometry.bank_elems
+        if addr < 0 or n < 0 or addr + n > size:
+            raise PimgptError(f"bank elements {addr}..{addr + n - 1} are outside the bank "
+                              f"(0..{size - 1})")
+
+    def _gb_span(self, col: int, n: int) -> None:
+        if col + n > self.cfg.geometry.gb_cols:
+            raise PimgptError(f"global-buffer columns {col}..{col + n - 1} exceed its "
+                              f"{self.cfg.geometry.gb_cols} columns")
+
+    def _bank(self, g: int) -> tuple[_Channel, int]:
+        if not 0 <= g < self.nc * self.nb:
+            raise PimgptError(f"bank {g} does not exist (0..{self.nc * self.nb - 1})")
+        return self.channels[g // self.nb], g % self.nb
+
     def _chans(self, mask: int) -> list[_Channel]:
         if mask >> self.nc:
             raise PimgptError(f"channel mask 0x{mask:x} names channels this machine lacks")
@@ -395,8 +418,8 @@ class CycleSimulator:
         ends = []
         kind = "mac" if op in (Op.MAC_ABK, Op.MAC_SBK) else "move"
         if op is Op.WR_GB:
-            v = e("vaddr")
-            src = (v, v + n * lanes)
+            self._gb_span(a["gb"], n)
+            src = self._vspan(e("vaddr"), n * lanes)
             t0 = max(t, self._ready(*src))
             for ch in self._chans(a["ch_mask"]):
                 ch.refresh_if_due(t0)
@@ -410,11 +433,12 @@ class CycleSimulator:
             addr = e("addr")
             if addr % lanes:
                 raise PimgptError(f"MAC address {addr} is not column-aligned")
+            self._bank_span(addr, n * lanes)
+            self._gb_span(a["gb"], n)
             if op is Op.MAC_ABK:
                 targets = [(ch, None) for ch in self._chans(a["ch_mask"])]
             else:
-                g = e("bank")
-                targets = [(self.channels[g // nb], g % nb)]
+                targets = [self._bank(e("bank"))]
             for ch, bank in targets:
                 ch.refresh_if_due(t)
                 s = max(t, ch.last + 1)
@@ -424,8 +448,7 @@ class CycleSimulator:
                 self._span(f"ch{ch.index}", kind, op, s, last + 1)
         elif op is Op.RD_MAC:
             chans = self._chans(a["ch_mask"])
-            v = e("vaddr")
-            dst = (v, v + len(chans) * nb)
+            dst = self._vspan(e("vaddr"), len(chans) * nb)
             t0 = max(t, self._free(*dst))
             for ch in chans:
                 ch.refresh_if_due(t0)
@@ -436,9 +459,10 @@ class CycleSimulator:
                 self._span(f"ch{ch.index}", kind, op, s, tr + self.rdmac_latency)
             self._note([], 0, [dst], max(ends, default=t0))
         elif op in (Op.WR_BANK, Op.RD_BANK):
-            g, addr, v = e("bank"), e("addr"), e("vaddr")
-            ch, bank = self.channels[g // nb], g % nb
-            span = (v, v + n)
+            addr = e("addr")
+            ch, bank = self._bank(e("bank"))
+            self._bank_span(addr, n)
+            span = self._vspan(e("vaddr"), n)
             t0 = max(t, self._ready(*span) if op is Op.WR_BANK else self._free(*span))
             ch.refresh_if_due(t0)
             s = max(t0, ch.last + 1)
@@ -457,8 +481,9 @@ class CycleSimulator:
                 self._note([], 0, [span], last + lat)
         elif op is Op.WR_ABK:
             chans = self._chans(a["ch_mask"])
-            addr, v = e("addr"), e("vaddr")
-            src = (v, v + len(chans) * nb)
+            addr = e("addr")
+            self._bank_span(addr, 1)
+            src = self._vspan(e("vaddr"), len(chans) * nb)
             t0 = max(t, self._ready(*src))
             for ch in chans:
                 ch.refresh_if_due(t0)
@@ -476,13 +501,14 @@ class CycleSimulator:
         reads: list[tuple[int, int]] = []
         writes: list[tuple[int, int]] = []
         if op not in (Op.VSET,):
-            reads.append((src, src + n))
+            reads.append(self._vspan(src, n))
         if op in (Op.VADD, Op.VSUB, Op.VMUL):
-            reads.append((a["b"], a["b"] + (1 if a["bcast"] else n)))
+            reads.append(self._vspan(a["b"], 1 if a["bcast"] else n))
         if op in (Op.VSUM, Op.VMAX):
-            writes.append((dst, dst + 1))
+            writes.append(self._vspan(dst, 1))
         elif op is not Op.VARGMAX:
-            writes.append((dst, dst + n))
+            writes.append(self._vspan(dst, n))
+        self.counters["vmem_words"] += sum(hi - lo for lo, hi in reads + writes)
         beats = math.ceil(n / self.cfg.asic.vector_lanes)
         lat = self.cfg.asic.vec_latency + self.fn_cycles.get(op, 0)
         if op in (Op.VSUM, Op.VMAX, Op.VARGMAX):
