@@ -144,6 +144,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         gen = machine.generate(prompt_ids, args.tokens, keep_logits=args.check,
                                on_step=lambda _pos: bar.update(1))
     run_s = time.perf_counter() - t1
+    timing = None
+    if not args.no_timing and gen.generated_ids is not None:
+        from pimgpt.sim.report import simulate_generation
+        # the same token sequence the machine consumed, one decode step per position
+        fed = (gen.prompt_ids + gen.generated_ids)[:steps]
+        timing = simulate_generation(config, binary, fed, 1, timing_only=True)
 
     result: dict[str, Any] = {
         "model": spec.name, "machine": config.name, "prompt_ids": gen.prompt_ids,
@@ -160,6 +166,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     if tokenizer is not None:
         result["prompt_text"] = tokenizer.decode(gen.prompt_ids)
         result["generated_text"] = tokenizer.decode(gen.generated_ids)
+    if timing is not None:
+        result["timing"] = {
+            "latency_us_per_token": timing.latency_us, "tokens_per_second":
+            timing.tokens_per_second, "energy_mj_per_token": timing.energy_per_token_mj,
+            "row_hit_rate": timing.row_hit_rate, "time_shares": timing.time_shares,
+            "cycles": timing.total_cycles}
     if args.check:
         result["check"] = _check(config, weights, gen)
     if args.json:
@@ -204,6 +216,13 @@ def _print_run(r: dict[str, Any]) -> None:
     print(f"{r['steps']} steps in {r['run_seconds']:.3f} s (compile {r['compile_seconds']:.3f} s); "
           f"{c.get('mac_columns', 0):,} bank MAC columns, {c.get('gb_columns', 0):,} global-"
           f"buffer columns, {c.get('bank_writes', 0):,} KV values written")
+    if "timing" in r:
+        t = r["timing"]
+        shares = ", ".join(f"{k} {v:.0%}" for k, v in t["time_shares"].items())
+        print(f"simulated:     {t['latency_us_per_token']:.2f} us/token "
+              f"({t['tokens_per_second']:,.0f} tokens/s), {t['energy_mj_per_token']:.4f} "
+              f"mJ/token, row hits {t['row_hit_rate']:.1%}; busy: {shares} "
+              f"(details: pimgpt simulate)")
     if "check" in r:
         k = r["check"]
         print(f"golden model:  {'bit-exact' if k['golden_bit_exact'] else 'MISMATCH'} "

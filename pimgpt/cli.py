@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="KV-cache positions to reserve when compiling (default: prompt + tokens)")
     p.add_argument("--check", action="store_true",
                    help="also run the golden model and the float32 reference and compare")
+    p.add_argument("--no-timing", action="store_true",
+                   help="skip the cycle-accurate timing of the run (latency, energy)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     _add_config_args(p)
     p.set_defaults(func=_cmd("pimgpt.mapping.commands", "cmd_run"))
