@@ -156,3 +156,18 @@ def test_slower_asic_clock_slows_vector_work_only():
     fast_asic = run(PAPER, code)[1].cycles
     slow_cfg = PAPER.replace(clocks=dataclasses.replace(PAPER.clocks, asic_mhz=100.0))
     assert run(slow_cfg, code)[1].cycles == pytest.approx(10 * fast_asic, rel=0.01)
+
+
+@pytest.mark.slow
+def test_gpt2_small_32_tokens_fast_path_equals_event_engine():
+    """Acceptance: GPT2-small decoding 32 tokens on the paper machine, cycle for cycle."""
+    binary, _ = compile_model(PAPER, builtin_model("gpt2-small"), 64, with_image=False)
+    per_step = {}
+    for fast in (True, False):
+        sim = CycleSimulator(PAPER, fast=fast)
+        sim.load(binary)
+        per_step[fast] = [sim.run({isa.REG_POS: p, isa.REG_TOKEN_IN: 464 + p}).cycles
+                          for p in range(32)]
+        per_step[(fast, "counters")] = dict(sim.counters)
+    assert per_step[True] == per_step[False]
+    assert per_step[(True, "counters")] == per_step[(False, "counters")]
