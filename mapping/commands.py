@@ -63,6 +63,38 @@ def _parse_ids(text: str) -> list[int]:
     return ids
 
 
+def resolve_prompt(args: argparse.Namespace, spec: GPTSpec, binary: Any = None
+                   ) -> tuple[list[int], Any, int]:
+    """The prompt of ``run``/``simulate`` (ids, or text through the model's tokenizer), checked
+    against the vocabulary, the context and a .pimbin's KV space; returns the ids, the tokenizer
+    (None with --prompt-ids) and the positions needed (prompt plus --tokens)."""
+    from pimgpt.mapping.tokenizer import get_tokenizer
+
+    tokenizer = None
+    if args.prompt_ids is not None:
+        prompt_ids = _parse_ids(args.prompt_ids)
+    else:
+        tokenizer = get_tokenizer(spec)
+        prompt_ids = tokenizer.encode(args.prompt if args.prompt is not None else DEFAULT_PROMPT)
+        if not prompt_ids:
+            raise PimgptError("--prompt encodes to no tokens")
+    bad = [t for t in prompt_ids if not 0 <= t < spec.vocab]
+    if bad:
+        raise PimgptError(f"prompt token id {bad[0]} is outside the vocabulary of "
+                          f"{spec.name} (0..{spec.vocab - 1})")
+    needed = len(prompt_ids) + args.tokens
+    if needed > spec.n_ctx:
+        raise PimgptError(f"prompt ({len(prompt_ids)} tokens) plus --tokens {args.tokens} is "
+                          f"{needed} positions, more than the context of {spec.name} "
+                          f"({spec.n_ctx})")
+    if binary is not None and needed > int(binary.meta.get("max_tokens", spec.n_ctx)):
+        raise PimgptError(f"prompt ({len(prompt_ids)} tokens) plus --tokens {args.tokens} is "
+                          f"{needed} positions, but {args.checkpoint} reserved KV space for "
+                          f"{binary.meta['max_tokens']} (compile it with a larger --max-tokens, "
+                          f"up to the model's context {spec.n_ctx})")
+    return prompt_ids, tokenizer, needed
+
+
 def _spec_from_meta(meta: dict[str, Any], path: str) -> GPTSpec:
     model = meta.get("model")
     if not isinstance(model, dict):
@@ -102,30 +134,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         spec = weights.spec
 
     text_mode = args.prompt is not None or args.prompt_ids is None
-    tokenizer = None
-    if args.prompt_ids is not None:
-        prompt_ids = _parse_ids(args.prompt_ids)
-    else:
-        tokenizer = get_tokenizer(spec)
-        prompt_text = args.prompt if args.prompt is not None else DEFAULT_PROMPT
-        prompt_ids = tokenizer.encode(prompt_text)
-        if not prompt_ids:
-            raise PimgptError("--prompt encodes to no tokens")
-    bad = [t for t in prompt_ids if not 0 <= t < spec.vocab]
-    if bad:
-        raise PimgptError(f"prompt token id {bad[0]} is outside the vocabulary of "
-                          f"{spec.name} (0..{spec.vocab - 1})")
-    needed = len(prompt_ids) + args.tokens
-    if needed > spec.n_ctx:
-        raise PimgptError(f"prompt ({len(prompt_ids)} tokens) plus --tokens {args.tokens} is "
-                          f"{needed} positions, more than the context of {spec.name} "
-                          f"({spec.n_ctx})")
-
-    if binary is not None and needed > int(binary.meta.get("max_tokens", spec.n_ctx)):
-        raise PimgptError(f"prompt ({len(prompt_ids)} tokens) plus --tokens {args.tokens} is "
-                          f"{needed} positions, but {args.checkpoint} reserved KV space for "
-                          f"{binary.meta['max_tokens']} (compile it with a larger --max-tokens, "
-                          f"up to the model's context {spec.n_ctx})")
+    prompt_ids, tokenizer, needed = resolve_prompt(args, spec, binary)
     t0 = time.perf_counter()
     compile_s = 0.0
     if binary is None:

@@ -24,7 +24,7 @@ from pimgpt.errors import PimgptError
 from pimgpt.hdl import isa
 from pimgpt.hdl.isa import Opcode as Op
 from pimgpt.hdl.params import BF16_BYTES, MachineConfig
-from pimgpt.mapping.layout import (DramAllocator, KPlacement, MatrixPlacement, Region,
+from pimgpt.mapping.layout import (DramAllocator, KPlacement, MatrixPlacement,
                                    VectorPlacement, VmemAllocator, VPlacement, ceil_div,
                                    round_up)
 from pimgpt.mapping.model import GPTSpec, GPTWeights

@@ -61,8 +61,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     import os
     from pathlib import Path
 
-    from pimgpt.mapping.commands import (DEFAULT_PROMPT, _check_positive, _config, _parse_ids,
-                                         _progress, _spec_from_meta, load_model)
+    from pimgpt.mapping.commands import (_check_positive, _config, _progress, _spec_from_meta,
+                                         load_model, resolve_prompt)
     from pimgpt.mapping.tokenizer import get_tokenizer
     from pimgpt.sim.report import simulate_generation
 
@@ -93,27 +93,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         weights = load_model(args.checkpoint, args.model, DEFAULT_MODEL)
         spec = weights.spec
 
-    tokenizer = None
-    if args.prompt_ids is not None:
-        prompt_ids = _parse_ids(args.prompt_ids)
-    else:
-        tokenizer = get_tokenizer(spec)
-        prompt_ids = tokenizer.encode(args.prompt if args.prompt is not None else DEFAULT_PROMPT)
-        if not prompt_ids:
-            raise PimgptError("--prompt encodes to no tokens")
-    bad = [t for t in prompt_ids if not 0 <= t < spec.vocab]
-    if bad:
-        raise PimgptError(f"prompt token id {bad[0]} is outside the vocabulary of "
-                          f"{spec.name} (0..{spec.vocab - 1})")
-    needed = len(prompt_ids) + args.tokens
-    if needed > spec.n_ctx:
-        raise PimgptError(f"prompt ({len(prompt_ids)} tokens) plus --tokens {args.tokens} is "
-                          f"{needed} positions, more than the context of {spec.name} "
-                          f"({spec.n_ctx})")
-    if binary is not None and needed > int(binary.meta.get("max_tokens", spec.n_ctx)):
-        raise PimgptError(f"prompt ({len(prompt_ids)} tokens) plus --tokens {args.tokens} is "
-                          f"{needed} positions, but {args.checkpoint} reserved KV space for "
-                          f"{binary.meta['max_tokens']} (compile it with a larger --max-tokens)")
+    prompt_ids, tokenizer, needed = resolve_prompt(args, spec, binary)
     if binary is None:
         from pimgpt.mapping.compiler import compile_model
         max_tokens = args.max_tokens or needed

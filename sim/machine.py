@@ -48,6 +48,33 @@ class Generation:
     counters: dict[str, int] = field(default_factory=dict)
 
 
+def check_generation(meta: dict, prompt_ids: Sequence[int], n_tokens: int) -> tuple[list[int], int]:
+    """Validate a generation request against a compiled program's metadata; return the prompt
+    and the number of decode steps (one per prompt token, then one per generated token but the
+    last)."""
+    model = meta.get("model")
+    if not isinstance(model, dict):
+        raise PimgptError("this program is not a compiled GPT (no model metadata), so it cannot "
+                          "generate tokens")
+    prompt = [int(t) for t in prompt_ids]
+    if not prompt:
+        raise PimgptError("the prompt is empty: give at least one token")
+    bad = [t for t in prompt if not 0 <= t < model["vocab"]]
+    if bad:
+        raise PimgptError(f"prompt token id {bad[0]} is outside the vocabulary "
+                          f"(0..{model['vocab'] - 1})")
+    if isinstance(n_tokens, bool) or not isinstance(n_tokens, int) or n_tokens < 0:
+        raise PimgptError(f"--tokens must be an integer >= 0, not {n_tokens!r}")
+    limit = int(meta.get("max_tokens", model.get("n_ctx", 0)))
+    total = len(prompt) + max(n_tokens - 1, 0)
+    if total > limit:
+        raise PimgptError(f"prompt ({len(prompt)}) plus {n_tokens} generated tokens needs "
+                          f"{len(prompt) + n_tokens} positions, but the program reserved KV "
+                          f"space for {limit} (compile with a larger --max-tokens, up to "
+                          f"the model's context {model.get('n_ctx')})")
+    return prompt, total
+
+
 class FunctionalMachine:
     """Bit-exact, untimed execution of PIM-GPT programs."""
 
@@ -160,25 +187,8 @@ class FunctionalMachine:
     def generate(self, prompt_ids: Sequence[int], n_tokens: int, keep_logits: bool = False,
                  on_step: Callable[[int], None] | None = None) -> Generation:
         """Greedy generation: one decode step per prompt token, then per generated token."""
-        meta = self.meta.get("model")
-        if not meta:
-            raise PimgptError("this program is not a compiled GPT (no model metadata)")
-        prompt = [int(t) for t in prompt_ids]
-        if not prompt:
-            raise PimgptError("the prompt is empty: give at least one token")
-        bad = [t for t in prompt if not 0 <= t < meta["vocab"]]
-        if bad:
-            raise PimgptError(f"prompt token id {bad[0]} is outside the vocabulary "
-                              f"(0..{meta['vocab'] - 1})")
-        if n_tokens < 0:
-            raise PimgptError(f"--tokens must be >= 0, not {n_tokens}")
-        limit = int(self.meta["max_tokens"])
-        total = len(prompt) + max(n_tokens - 1, 0)
-        if total > limit:
-            raise PimgptError(f"prompt ({len(prompt)}) plus {n_tokens} generated tokens needs "
-                              f"{len(prompt) + n_tokens} positions, but the program reserved KV "
-                              f"space for {limit} (compile with a larger --max-tokens, up to "
-                              f"the model's context {meta['n_ctx']})")
+        prompt, total = check_generation(self.meta, prompt_ids, n_tokens)
+        meta = self.meta["model"]
         self.reset()
         logits_at = int(self.meta["vmem"]["logits"])
         out = Generation(prompt, [])

@@ -290,25 +290,9 @@ def simulate_generation(config: MachineConfig, binary: PimBinary, prompt_ids: Se
     (``report.intervals``); ``progress`` is called with each position after its step; ``fast``
     False uses the command-by-command reference engine.
     """
-    meta = binary.meta.get("model")
-    if not isinstance(meta, dict):
-        raise PimgptError("this program is not a compiled GPT (no model metadata), so it cannot "
-                          "generate tokens")
-    prompt = [int(t) for t in prompt_ids]
-    if not prompt:
-        raise PimgptError("the prompt is empty: give at least one token")
-    bad = [t for t in prompt if not 0 <= t < meta["vocab"]]
-    if bad:
-        raise PimgptError(f"prompt token id {bad[0]} is outside the vocabulary "
-                          f"(0..{meta['vocab'] - 1})")
-    if isinstance(n_tokens, bool) or not isinstance(n_tokens, int) or n_tokens < 0:
-        raise PimgptError(f"--tokens must be an integer >= 0, not {n_tokens!r}")
-    limit = int(binary.meta.get("max_tokens", meta.get("n_ctx", 0)))
-    total = len(prompt) + max(n_tokens - 1, 0)
-    if total > limit:
-        raise PimgptError(f"prompt ({len(prompt)}) plus {n_tokens} generated tokens needs "
-                          f"{len(prompt) + n_tokens} positions, but the program reserved KV "
-                          f"space for {limit} (compile with a larger --max-tokens)")
+    from pimgpt.sim.machine import check_generation
+    prompt, total = check_generation(binary.meta, prompt_ids, n_tokens)
+    meta = binary.meta["model"]
     machine = None
     if not timing_only:
         if binary.image is None:
