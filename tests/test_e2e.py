@@ -3,6 +3,8 @@ and the independent float32 reference (top-1 agreement under teacher forcing).""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from helpers.ckpt import random_arrays, write_hf_checkpoint
@@ -17,9 +19,11 @@ from pimgpt.sim.golden import GoldenGPT
 from pimgpt.sim.machine import FunctionalMachine
 from pimgpt.sim.reference import Float32GPT
 
-# d_model not a multiple of 16 nor of a row, 3 heads (not a power of two) of 20 (not a whole
-# column), an odd vocabulary; the context crosses the tiny machine's 128-token V rows.
-AWKWARD = GPTSpec(name="awkward", n_layer=2, d_model=60, n_head=3, vocab=997, n_ctx=256)
+# A trained checkpoint with awkward sizes (tools/train_tiny.py awkward): d_model 120 is not a
+# multiple of 16 nor of a row, 5 heads (not a power of two) of 24 (not a whole column), an odd
+# vocabulary of 997; its 256-token context crosses the tiny machine's 128-token V rows.
+AWKWARD_DIR = Path(__file__).parent / "data" / "awkward"
+AWKWARD = GPTSpec(name="awkward", n_layer=2, d_model=120, n_head=5, vocab=997, n_ctx=256)
 
 
 def _bits(a: np.ndarray) -> np.ndarray:
@@ -59,12 +63,11 @@ def test_default_model_matches_golden_bit_for_bit(machine, tmp_path):
 
 @pytest.mark.parametrize("machine", ["paper", "tiny"])
 def test_awkward_checkpoint_matches_golden_and_reference(machine, tmp_path):
-    ckpt = write_hf_checkpoint(tmp_path / "ckpt", AWKWARD, random_arrays(AWKWARD, seed=7),
-                               dtype="float32")
-    weights = load_checkpoint(ckpt)
+    weights = load_checkpoint(AWKWARD_DIR)
+    assert weights.spec == AWKWARD
     config = preset(machine)
-    rng = np.random.default_rng(1)
-    prompt = [int(t) for t in rng.integers(0, AWKWARD.vocab, size=210)]
+    # teacher-forced text the model was not trained on (this file), as bytes
+    prompt = list(Path(__file__).read_bytes()[:210])
     gen, tokens, logits, _report = _run_both(config, weights, prompt, 4, tmp_path)
     _assert_bit_exact(gen, tokens, logits)
 
@@ -73,10 +76,13 @@ def test_awkward_checkpoint_matches_golden_and_reference(machine, tmp_path):
     pim = np.stack(gen.logits[:len(prompt)])
     agree = np.mean(ref.argmax(axis=1) == pim.argmax(axis=1))
     err = float(np.max(np.abs(ref - pim)))
+    scale = float(np.max(np.abs(ref)))
     print(f"{machine}: top-1 agreement {agree:.2%} over {len(prompt)} positions, "
-          f"max |logit error| {err:.3g}")
+          f"max |logit error| {err:.3g} (largest |logit| {scale:.3g})")
     assert agree >= 0.99
-    assert err < 0.1
+    # BF16 keeps 8 significant bits (0.4 % per rounding); a few roundings in series stay
+    # within a couple of percent of the logit scale
+    assert err <= 0.02 * scale
 
 
 def test_bf16_and_fp16_checkpoints_compile_to_the_same_program(tmp_path):

@@ -4,7 +4,8 @@
 Usage (from the repository root; needs the ``[hf]`` extra: torch and transformers)::
 
     python3 tools/train_tiny.py tiny     [--minutes 6] [--steps N] [--out mapping/data/tiny]
-    python3 tools/train_tiny.py awkward  [--minutes 6] [--steps N] --out tests/data/awkward
+    python3 tools/train_tiny.py awkward  --steps 14000 --stop-after 11817 --minutes 60 \
+                                         --out tests/data/awkward
 
 Both models are two-layer GPT-2s (``transformers.GPT2LMHeadModel``) trained with AdamW on a
 byte-level corpus: token = UTF-8 byte value (0..255). The corpus is the Python standard library's
@@ -15,9 +16,10 @@ name, concatenated, truncated to the first 4 MiB), so anyone can regenerate it o
 Shapes:
 
 - ``tiny``:    n_embd 64, n_head 4, vocab 256, n_positions 128
-- ``awkward``: n_embd 60, n_head 3 (d_head 20), vocab 997 (ids 256..996 never occur in the data,
+- ``awkward``: n_embd 120, n_head 5 (d_head 24), vocab 997 (ids 256..996 never occur in the data,
   so the model learns to give them low logits), n_positions 256 -- a test fixture with sizes that
-  are not multiples of 16.
+  are not multiples of 16 and a head count that is not a power of two. The shipped one was
+  trained with the schedule of 14,000 steps and stopped after 11,817 (``--stop-after``).
 
 Reproducibility: fixed seeds (``torch.manual_seed`` and a seeded ``torch.Generator`` for the
 batch offsets), one torch thread, a step-based learning-rate schedule (linear warm-up, cosine
@@ -46,8 +48,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 #: name -> (GPT2Config overrides, default steps, batch size, peak learning rate)
 MODELS = {
     "tiny": (dict(n_embd=64, n_head=4, vocab_size=256, n_positions=128), 6000, 16, 4e-3),
-    "awkward": (dict(n_embd=60, n_head=3, vocab_size=997, n_positions=256), 4600, 8, 4e-3),
-    "awkward-wide": (dict(n_embd=120, n_head=5, vocab_size=997, n_positions=256), 4000, 8, 3e-3),
+    "awkward": (dict(n_embd=120, n_head=5, vocab_size=997, n_positions=256), 14000, 8, 3e-3),
 }
 CORPUS_BYTES = 4 * 1024 * 1024
 SEED = 1234
@@ -113,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("model", choices=sorted(MODELS))
     ap.add_argument("--minutes", type=float, default=6.0, help="wall-time cap (default 6)")
     ap.add_argument("--steps", type=int, default=None, help="optimiser steps (default per model)")
+    ap.add_argument("--stop-after", type=int, default=None, metavar="N",
+                    help="stop after N steps (the learning-rate schedule still spans --steps)")
     ap.add_argument("--out", type=Path, default=None,
                     help="output directory (default mapping/data/<model>)")
     args = ap.parse_args(argv)
@@ -159,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     for step in range(steps):
         if time.monotonic() > deadline:
             print(f"wall-time cap of {args.minutes} min reached after {step} steps", flush=True)
+            break
+        if args.stop_after is not None and step >= args.stop_after:
             break
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
