@@ -366,12 +366,7 @@ class CycleSimulator:
     def finish(self) -> None:
         """Issue the refreshes due by the end of the last run (idle channels refresh too)."""
         for ch in self.channels:
-            while ch.next_ref <= self.now:
-                due = ch.next_ref
-                if any(r is not None for r in ch.open):
-                    ch.issue(C.PREA, None, due)
-                ch.issue(C.REF, None, due)
-                ch.next_ref += self.t_refi
+            ch.refresh_if_due(self.now)
 
     # --- instruction timing ------------------------------------------------------------------
 
