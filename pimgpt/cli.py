@@ -42,6 +42,18 @@ def _add_model_args(p: argparse.ArgumentParser, required: bool) -> None:
                    help="built-in model instead of a checkpoint (see 'pimgpt models')")
 
 
+def _add_generation_args(p: argparse.ArgumentParser, default_tokens: int) -> None:
+    """What to generate from: a model or .pimbin, a prompt, how many tokens (run, simulate)."""
+    _add_model_args(p, required=False)
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--prompt", metavar="TEXT", help="prompt text (default: 'def ')")
+    src.add_argument("--prompt-ids", metavar="IDS", help="prompt token ids, comma-separated")
+    p.add_argument("--tokens", type=int, default=default_tokens, metavar="N",
+                   help=f"tokens to generate (default: {default_tokens})")
+    p.add_argument("--max-tokens", type=int, metavar="N",
+                   help="KV-cache positions to reserve when compiling (default: prompt + tokens)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pimgpt",
@@ -58,14 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "model. Prompt text needs a tokenizer: byte-level models "
                                    "take UTF-8 bytes, GPT-2-vocabulary models need the [text] "
                                    "extra (tiktoken).")
-    _add_model_args(p, required=False)
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--prompt", metavar="TEXT", help="prompt text")
-    src.add_argument("--prompt-ids", metavar="IDS", help="prompt token ids, comma-separated")
-    p.add_argument("--tokens", type=int, default=24, metavar="N",
-                   help="tokens to generate (default: 24)")
-    p.add_argument("--max-tokens", type=int, metavar="N",
-                   help="KV-cache positions to reserve when compiling (default: prompt + tokens)")
+    _add_generation_args(p, default_tokens=24)
     p.add_argument("--check", action="store_true",
                    help="also run the golden model and the float32 reference and compare")
     p.add_argument("--no-timing", action="store_true",
@@ -136,14 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
             "each PIM instruction as DRAM commands at the earliest cycle the timing rules,\n"
             "tFAW and refresh allow (open-row policy); vector-unit beats and latency;\n"
             "vector-memory dependencies. Energy: event counts x docs/energy.md constants."))
-    _add_model_args(p, required=False)
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--prompt", metavar="TEXT", help="prompt text (default: 'def ')")
-    src.add_argument("--prompt-ids", metavar="IDS", help="prompt token ids, comma-separated")
-    p.add_argument("--tokens", type=int, default=8, metavar="N",
-                   help="tokens to generate (default: 8)")
-    p.add_argument("--max-tokens", type=int, metavar="N",
-                   help="KV-cache positions to reserve when compiling (default: prompt + tokens)")
+    _add_generation_args(p, default_tokens=8)
     p.add_argument("--timing-only", action="store_true",
                    help="time only: no DRAM image, no values (generated positions get token 0)")
     p.add_argument("--trace", metavar="FILE.csv",
