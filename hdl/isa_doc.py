@@ -10,12 +10,10 @@ Usage: ``python -m pimgpt.hdl.isa_doc`` prints the document; ``-o docs/isa.md`` 
 
 from __future__ import annotations
 
-import argparse
-import sys
 from typing import Sequence
 
 from pimgpt.errors import PimgptError
-from pimgpt.fileio import write_text_atomic
+from pimgpt.fileio import doc_main
 from pimgpt.hdl import isa
 from pimgpt.hdl.isa import Opcode
 
@@ -309,22 +307,8 @@ def render() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Print the ISA document, or write it with ``-o FILE``."""
-    parser = argparse.ArgumentParser(prog="python -m pimgpt.hdl.isa_doc",
-                                     description="Generate docs/isa.md from the ISA definition.")
-    parser.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
-    args = parser.parse_args(argv)
-    try:
-        text = render()
-        if args.output:
-            write_text_atomic(args.output, text)
-        else:
-            sys.stdout.write(text)
-    except PimgptError as exc:
-        print(f"isa_doc: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
+    """Print the document, or write it with ``-o FILE``."""
+    return doc_main(render, "python -m pimgpt.hdl.isa_doc", "Generate docs/isa.md from the ISA definition.", argv)
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -24,16 +24,14 @@ Conventions (also stated in the generated document):
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import sys
 from dataclasses import dataclass
 from typing import Sequence
 
 from amaranth.lib import enum
 
 from pimgpt.errors import PimgptError
-from pimgpt.fileio import write_text_atomic
+from pimgpt.fileio import doc_main
 from pimgpt.hdl.params import PAPER, MachineConfig, Timing, ns_to_cycles
 
 
@@ -384,22 +382,8 @@ line 17 (cycle 140, ch 0, MAC16 bank * row 5 col 3) follows line 12 (cycle 120, 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Print the timing document, or write it with ``-o FILE``."""
-    parser = argparse.ArgumentParser(prog="python -m pimgpt.hdl.timing",
-                                     description="Generate docs/timing.md from the rule table.")
-    parser.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
-    args = parser.parse_args(argv)
-    try:
-        text = render_doc()
-        if args.output:
-            write_text_atomic(args.output, text)
-        else:
-            sys.stdout.write(text)
-    except PimgptError as exc:
-        print(f"timing: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
+    """Print the document, or write it with ``-o FILE``."""
+    return doc_main(render_doc, "python -m pimgpt.hdl.timing", "Generate docs/timing.md from the rule table.", argv)
 
 if __name__ == "__main__":
     raise SystemExit(main())

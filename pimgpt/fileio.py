@@ -6,7 +6,7 @@ import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterator, Sequence
 
 from pimgpt.errors import PimgptError
 
@@ -56,3 +56,24 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     """Write a text file atomically."""
     with atomic_output(path) as fh:
         fh.write(text.encode())
+
+
+def doc_main(render: "Callable[[], str]", prog: str, description: str,
+             argv: "Sequence[str] | None" = None) -> int:
+    """Command line of a generated document: print ``render()``, or write it with ``-o FILE``."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
+    args = parser.parse_args(argv)
+    try:
+        text = render()
+        if args.output:
+            write_text_atomic(args.output, text)
+        else:
+            sys.stdout.write(text)
+    except PimgptError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
