@@ -44,73 +44,10 @@ ROW_HIT_TARGET = 0.97
 VMM_MODEL, VMM_TARGET = "gpt3-xl", 0.98
 ASIC_MODEL, ASIC_SLOW_MHZ, ASIC_TARGET = "gpt2-xl", 100.0, 0.20
 CHAN_MODEL, CHAN_WIDE, CHAN_TARGET = "gpt2-xl", 16, 1.8
-VMM_OPS = frozenset({"MAC_ABK", "MAC_SBK", "WR_GB", "RD_MAC"})
-MAC_OPS = frozenset({"MAC_ABK", "MAC_SBK"})
 
 
 def _mark(ok: bool | None) -> str:
     return "skipped" if ok is None else ("PASS" if ok else "MISS")
-
-
-def union_length(spans, lo: int, hi: int) -> int:
-    """Cycles of [lo, hi) covered by at least one (start, end) span."""
-    segs = sorted((max(s, lo), min(e, hi)) for s, e in spans)
-    total, cur_s, cur_e = 0, None, None
-    for s, e in segs:
-        if e <= s:
-            continue
-        if cur_e is None or s > cur_e:
-            if cur_e is not None:
-                total += cur_e - cur_s
-            cur_s, cur_e = s, e
-        elif e > cur_e:
-            cur_e = e
-    if cur_e is not None:
-        total += cur_e - cur_s
-    return total
-
-
-def step(config, model: str, position: int, max_tokens: int, timeline: bool = True) -> dict:
-    """Compile ``model`` for ``config`` (layout only) and time one step at ``position``."""
-    from pimgpt.hdl import isa
-    from pimgpt.mapping.builtin import builtin_model
-    from pimgpt.mapping.compiler import compile_model
-    from pimgpt.sim.cycle import CycleSimulator
-
-    binary, report = compile_model(config, builtin_model(model), max_tokens, with_image=False)
-    sim = CycleSimulator(config, fast=True, timeline=timeline)
-    sim.load(binary)
-    st = sim.run({isa.REG_POS: position, isa.REG_TOKEN_IN: 1})
-    hits, misses = st.counters.get("row_hits", 0), st.counters.get("row_misses", 0)
-    out = {
-        "model": model, "machine": {"channels": config.geometry.channels,
-                                    "asic_mhz": config.clocks.asic_mhz,
-                                    "dram_mhz": config.clocks.dram_mhz},
-        "instructions": report.instructions,
-        "instructions_executed": int(st.counters.get("instructions", 0)),
-        "cycles": st.cycles, "latency_us": st.cycles / config.clocks.dram_mhz,
-        "row_hits": int(hits), "row_misses": int(misses),
-        "row_hit_rate": hits / (hits + misses) if hits + misses else None,
-    }
-    if timeline:
-        iv = sim.intervals
-        lo, hi = st.start, st.end
-        chan = [(i.start, i.end) for i in iv if i.unit != "vector"]
-        vec = [(i.start, i.end) for i in iv if i.unit == "vector"]
-        busy = {
-            "vmm": union_length([(i.start, i.end) for i in iv
-                                 if i.unit != "vector" and i.name in VMM_OPS], lo, hi),
-            "mac": union_length([(i.start, i.end) for i in iv
-                                 if i.unit != "vector" and i.name in MAC_OPS], lo, hi),
-            "pim_any": union_length(chan, lo, hi),
-            "vector": union_length(vec, lo, hi),
-            "any": union_length(chan + vec, lo, hi),
-        }
-        busy["asic_only"] = busy["any"] - busy["pim_any"]
-        busy["idle"] = st.cycles - busy["any"]
-        out["busy_cycles"] = busy
-        out["shares"] = {k: v / st.cycles if st.cycles else 0.0 for k, v in busy.items()}
-    return out
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -123,6 +60,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="context position of the timed step (default 511)")
     p.add_argument("--max-tokens", type=int, default=1024, metavar="N",
                    help="KV-cache positions reserved at compile (default 1024; > position)")
+    p.add_argument("--no-overlap", action="store_true",
+                   help="compile without overlapping channel and ASIC work (the plain "
+                        "layer-by-layer order; CompileOptions(overlap=False))")
     p.add_argument("--progress", action="store_true", help="one stderr line per simulation")
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     return p.parse_args(argv)
@@ -132,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from pimgpt.errors import PimgptError
     from pimgpt.hdl.params import preset
+    from pimgpt.mapping.compiler import CompileOptions
+    from pimgpt.sim.shares import step
+
+    options = CompileOptions(overlap=not args.no_overlap)
 
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     if not 0 <= args.position < args.max_tokens:
@@ -147,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def run(label: str, config, model: str, timeline: bool = True) -> dict | None:
         try:
-            r = step(config, model, args.position, args.max_tokens, timeline)
+            r = step(config, model, args.position, args.max_tokens, timeline, options)
         except (PimgptError, KeyError) as exc:
             errors[label] = str(exc)
             r = None
@@ -204,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
 
     result = {"position": args.position, "attended_tokens": args.position + 1,
               "max_tokens": args.max_tokens, "preset": "paper", "engine": "fast",
+              "overlap": not args.no_overlap,
               "models": base, "checks": checks, "errors": errors, "cpus": os.cpu_count()}
     if args.json:
         json.dump(result, sys.stdout, indent=2, sort_keys=True)
@@ -212,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"paper checks: one decode step at position {args.position} (attention over "
           f"{args.position + 1} tokens), KV reserved for {args.max_tokens}, layout-only "
-          f"compile, fast engine, fresh simulator per run")
+          f"compile{'' if args.no_overlap else ' (overlap schedule)'}, fast engine, fresh "
+          f"simulator per run")
     print()
     print("  per model on preset paper (shares of the step's cycles):")
     print(f"  {'model':<12} {'latency us':>11} {'row hits':>9} {'VMM':>7} {'MAC':>7} "

@@ -45,6 +45,12 @@ def load_model(checkpoint: str | None, model: str | None, default: str | None = 
     return builtin.builtin_model(name)
 
 
+def compile_options(args: argparse.Namespace):
+    """The :class:`~pimgpt.mapping.compiler.CompileOptions` the command line asks for."""
+    from pimgpt.mapping.compiler import CompileOptions
+    return CompileOptions(overlap=not getattr(args, "no_overlap", False))
+
+
 def _check_positive(name: str, value: int | None, allow_zero: bool = False) -> None:
     if value is None:
         return
@@ -143,7 +149,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         if max_tokens < needed:
             raise PimgptError(f"--max-tokens {max_tokens} is less than prompt plus --tokens "
                               f"({needed})")
-        binary, _report = compile_model(config, weights, max_tokens)
+        binary, _report = compile_model(config, weights, max_tokens,
+                                        options=compile_options(args))
         compile_s = time.perf_counter() - t0
     machine = FunctionalMachine(config)
     machine.load(binary)
@@ -257,7 +264,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
     with _progress(len(names), "placing", not args.json) as bar:
         binary, report = compile_model(config, weights, args.max_tokens,
                                        with_image=not args.layout_only,
-                                       progress=lambda _n: bar.update(1))
+                                       progress=lambda _n: bar.update(1),
+                                       options=compile_options(args))
         t0 = time.perf_counter()
         write_pimbin(args.output, binary)
     out = report.to_dict()

@@ -9,6 +9,13 @@ Per layer: LayerNorm -> fused QKV VMM -> K/V append -> q.K^T per head -> softmax
 output projection -> residual -> LayerNorm -> FFN1 -> GELU -> FFN2 -> residual; then the final
 LayerNorm, the LM head and argmax. All VMMs run on every bank at once (``MAC_ABK`` to all
 channels); all other work runs on the ASIC vector unit (docs/numerics.md gives the arithmetic).
+
+With :attr:`CompileOptions.overlap` (the default) the same work is ordered so that channel and
+vector-unit work overlap wherever the data allows (docs/mapping.md, "Overlap"): partial sums
+alternate between two buffers, the next layer's parameters are fetched into a second buffer set
+while the ASIC runs softmax, V is appended after the scores, each head group's softmax starts
+as soon as its scores are in and GELU runs per global-buffer chunk. Results are bit-identical
+either way; only the order of independent work changes.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 
@@ -37,6 +44,9 @@ R_POS, R_TOK, R_OUT = isa.REG_POS, isa.REG_TOKEN_IN, isa.REG_TOKEN_OUT
 R_LEN = 4  # pos + 1: tokens attended to
 R_A, R_B, R_C, R_D = 5, 6, 7, 8
 R_LOOP, R_N, R_T = 9, 10, 11
+R_V, R_W = 12, 13
+#: the parameters a layer reads before its attention (fetched a layer ahead in overlap mode)
+EARLY_PARAMS = ("ln_1.weight", "ln_1.bias", "attn.c_attn.bias")  # score.V in overlap mode: V append offset, last token chunk
 
 
 def _f32_bits(x: float) -> int:
@@ -71,6 +81,18 @@ class Emitter:
              bcast=bcast, imm=0 if imm is None else _f32_bits(imm), rd=rd)
 
 
+@dataclass(frozen=True, kw_only=True)
+class CompileOptions:
+    """Choices the compiler leaves to the user (recorded in the binary's metadata)."""
+
+    #: order independent work so that PIM channels and the vector unit overlap (see the module
+    #: docstring); False gives the plain layer-by-layer order, the paper-faithful baseline
+    overlap: bool = True
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
 @dataclass
 class CompileReport:
     """What the compiler tells a user about the placement."""
@@ -97,8 +119,10 @@ class Compiler:
     """Plans the placement, fills the DRAM image and emits the decode-step program."""
 
     def __init__(self, config: MachineConfig, weights: GPTWeights, max_tokens: int | None = None,
-                 with_image: bool = True, progress: Callable[[str], None] | None = None):
+                 with_image: bool = True, progress: Callable[[str], None] | None = None,
+                 options: CompileOptions | None = None):
         self.cfg = config
+        self.opts = options or CompileOptions()
         self.w = weights
         self.spec: GPTSpec = weights.spec
         self.with_image = with_image
@@ -148,20 +172,25 @@ class Compiler:
             self.mats[p + "mlp.c_proj.weight"] = mat(p + "mlp.c_proj.weight", f, d)
         for m in self.mats.values():  # real weights per bank, for the row-utilisation figure
             m.region.used = ceil_div(m.d_in * m.d_out, self.banks)
-        # small vectors: each whole in one bank, spread round-robin over the banks
+        # small vectors: each split into one column-aligned piece per channel (so a vector is
+        # read by all channels at once), each vector in the next bank of every channel
         vec_names = [n for n, shp in s.tensor_shapes().items() if len(shp) == 1]
         per_bank = [0] * self.banks
-        homes: dict[str, tuple[int, int, int]] = {}
+        homes: dict[str, list[tuple[int, int, int, int]]] = {}
         for idx, name in enumerate(vec_names):
-            bank = idx % self.banks
             length = s.tensor_shapes()[name][0]
-            homes[name] = (bank, per_bank[bank], length)
-            per_bank[bank] += round_up(length, self.lanes)
+            piece = round_up(ceil_div(length, self.nc), self.lanes)
+            homes[name] = []
+            for c, lo in enumerate(range(0, length, piece)):
+                bank = c * self.nb + idx % self.nb
+                n = min(piece, length - lo)
+                homes[name].append((bank, per_bank[bank], lo, n))
+                per_bank[bank] += round_up(n, self.lanes)
         vreg = self.dram.alloc("vectors", "vectors", max(per_bank),
                                used=ceil_div(sum(s.tensor_shapes()[n][0] for n in vec_names),
                                              self.banks))
-        for name, (bank, off, length) in homes.items():
-            homes[name] = (bank, vreg.start + off, length)
+        for name, pieces in homes.items():
+            homes[name] = [(bank, vreg.start + off, lo, n) for bank, off, lo, n in pieces]
         self.vectors = VectorPlacement(vreg, homes)
         self.weights_top = self.dram.top
         # KV cache, reserved up front for max_tokens positions
@@ -216,6 +245,19 @@ class Compiler:
         self.v_act = va("ffn_act", pad_in(f))
         self.v_logits = va("logits", self.mats["wte.weight"].out_words)
         self.vmem.check_capacity(f"model {s.name}", self.cfg.asic.vmem_words)
+        # overlap: a second set of the buffers a layer needs first (layer i + 1's are fetched
+        # during layer i's softmax) and a second partial-sum buffer for the layers' VMMs, each
+        # only where vector memory allows
+        self.param_sets = [self.v_params]
+        self.tmps: list[tuple[int, int]] = [(self.v_tmp, max(outs))]
+        if self.opts.overlap and L:
+            words = {"ln_1.weight": d, "ln_1.bias": d, "attn.c_attn.bias": 3 * d}
+            if self.vmem.fits(sum(round_up(n, 16) for n in words.values())):
+                self.param_sets.append({**self.v_params,
+                                        **{k: va(k + "#1", n) for k, n in words.items()}})
+            layer_out = max(m.out_words for k, m in self.mats.items() if k.startswith("h."))
+            if self.vmem.fits(layer_out):
+                self.tmps.append((va("partial#1", layer_out), layer_out))
 
     # --- image -------------------------------------------------------------------------------
 
@@ -233,36 +275,72 @@ class Compiler:
                 bits = f32_to_bf16_bits(np.asarray(wt, dtype=np.float32).T)
             m.fill(image, bits)
             del wt, bits
-        for name, (bank, addr, length) in self.vectors.homes.items():
-            image[bank, addr:addr + length] = f32_to_bf16_bits(self.w.f32(name))
+        for name, pieces in self.vectors.homes.items():
+            bits = f32_to_bf16_bits(self.w.f32(name))
+            for bank, addr, lo, n in pieces:
+                image[bank, addr:addr + n] = bits[lo:lo + n]
         return image
 
     # --- code ----------------------------------------------------------------------------------
 
     def _load_vector(self, name: str, vaddr: int) -> None:
-        bank, addr, length = self.vectors.homes[name]
-        self.e(Op.RD_BANK, bank=bank, addr=addr, n=length, vaddr=vaddr)
+        for bank, addr, lo, n in self.vectors.homes[name]:
+            self.e(Op.RD_BANK, bank=bank, addr=addr, n=n, vaddr=vaddr + lo)
 
-    def _prefetch(self, prefix: str, names: Sequence[str]) -> None:
-        """Read parameter vectors into their buffers (``prefix + name`` -> v_params[name])."""
-        for name in names:
-            self._load_vector(prefix + name, self.v_params[name])
+    def _prefetch(self, layer: int, part: str = "all") -> None:
+        """Read layer ``layer``'s parameter vectors into its buffer set (after the last layer:
+        the final LayerNorm's, into the ln_1 buffers). ``part``: "early" (what the layer needs
+        before attention), "late" (the rest) or "all"."""
+        params = self.param_sets[layer % len(self.param_sets)]
+        if layer == self.spec.n_layer:
+            if part != "late":
+                self._load_vector("ln_f.weight", params["ln_1.weight"])
+                self._load_vector("ln_f.bias", params["ln_1.bias"])
+            return
+        for name, vaddr in params.items():
+            if part == "all" or (part == "early") == (name in EARLY_PARAMS):
+                self._load_vector(f"h.{layer}.{name}", vaddr)
 
-    def _vmm(self, name: str, x: int, y: int, bias: int | None) -> MatrixPlacement:
-        """y[0:d_out] = x @ W (+ bias): chunk by chunk, every group a row pass on all banks."""
+    def _vmm(self, name: str, x: int, y: int, bias: int | None,
+             residual: int | None = None) -> MatrixPlacement:
+        """y[0:d_out] = x @ W (+ bias), then residual[0:d_out] += y when ``residual`` is given:
+        chunk by chunk, every group a row pass on all banks."""
         m, e = self.mats[name], self.e
+        # partial sums alternate between buffers, so chunk k + 1's read-out need not wait for
+        # the vector unit to finish adding chunk k's
+        tmps = [a for a, words in self.tmps if words >= m.out_words]
+        last = len(m.chunks) - 1
+        # overlap: the last chunk's additions run group by group behind its read-outs, so only
+        # the last group's are left when the last row pass ends
+        per_group = self.opts.overlap
         for k, (lo, length, seg, _off) in enumerate(m.chunks):
             cols = seg // self.lanes
             e(Op.WR_GB, ch_mask=self.all_ch, gb=0, n=cols, vaddr=x + lo)
-            dst = y if k == 0 else self.v_tmp
+            tmp = tmps[(k - 1) % len(tmps)]
+            dst = y if k == 0 else tmp
             for grp in range(m.groups):
                 e(Op.MAC_ABK, ch_mask=self.all_ch, addr=m.segment_addr(k, grp), n=cols, gb=0)
                 e(Op.RD_MAC, ch_mask=self.all_ch, vaddr=dst + grp * self.banks)
-            if k:
-                e.vec(Op.VADD, y, y, self.v_tmp, m.d_out)
-        if bias is not None:
-            e.vec(Op.VADD, y, y, bias, m.d_out)
+                if per_group and k == last:
+                    o = grp * self.banks
+                    self._vmm_tail(y + o, tmp + o if k else None,
+                                   None if bias is None else bias + o,
+                                   None if residual is None else residual + o,
+                                   min(self.banks, m.d_out - o))
+            if k and not (per_group and k == last):
+                e.vec(Op.VADD, y, y, tmp, m.d_out)
+        if not per_group:
+            self._vmm_tail(y, None, bias, residual, m.d_out)
         return m
+
+    def _vmm_tail(self, y: int, tmp: int | None, bias: int | None, residual: int | None,
+                  n: int) -> None:
+        """y += tmp; y += bias; residual += y (those given), over n words."""
+        for a, b in ((y, tmp), (y, bias)):
+            if b is not None:
+                self.e.vec(Op.VADD, a, a, b, n)
+        if residual is not None:
+            self.e.vec(Op.VADD, residual, residual, y, n)
 
     def _layernorm(self, gamma: int, beta: int, src: int, dst: int) -> None:
         e, d = self.e, self.spec.d_model
@@ -294,8 +372,11 @@ class Compiler:
                   n=length, vaddr=dst + lo)
         e.vec(Op.VADD, self.v_x, self.v_x, self.v_emb, self.spec.d_model)
 
-    def _attention(self, layer: int) -> None:
+    def _attention(self, layer: int, after_scores: Callable[[], None]) -> None:
+        """One layer's attention; ``after_scores`` emits channel work that may run while the
+        ASIC computes softmax (overlap mode; otherwise it is emitted first)."""
         s, e = self.spec, self.e
+        overlap = self.opts.overlap
         d, H, dh = s.d_model, s.n_head, s.d_head
         kp, vp = self.kp[layer], self.vp[layer]
         dhp = kp.dhp
@@ -309,16 +390,16 @@ class Compiler:
         for h0, nh in runs:
             e(Op.WR_BANK, bank=0, bank_reg=R_A, addr=kp.region.start + kp.head_offset(h0),
               addr_reg=R_C, n=nh * dh, vaddr=k + h0 * dh)
-        # V append: one element per feature, column-major rows
-        e(Op.SDIV, rd=R_A, rs=R_POS, imm=vp.tokens_per_row)
-        e(Op.SMUL, rd=R_A, rs=R_A, imm=self.cfg.geometry.row_elems)
-        e(Op.SMOD, rd=R_B, rs=R_POS, imm=vp.tokens_per_row)
-        e(Op.SADD, rd=R_A, rs=R_A, rt=R_B)
-        for h in range(H):  # one burst per feature slot: one value into each bank
-            c, rnd = h % self.nc, h // self.nc
-            for fslot in range(vp.feature_slots):
-                e(Op.WR_ABK, ch_mask=1 << c, addr=vp.row_addr(rnd, fslot, 0), addr_reg=R_A,
-                  vaddr=v + h * dh + fslot * self.nb)
+
+        if not overlap:
+            # V append: one element per feature, column-major rows; one burst per feature
+            # slot: one value into each bank (overlap mode: inside score.V, see _score_v)
+            self._v_offset(vp, R_A)
+            for h in range(H):
+                c, rnd = h % self.nc, h // self.nc
+                for fslot in range(vp.feature_slots):
+                    e(Op.WR_ABK, ch_mask=1 << c, addr=vp.row_addr(rnd, fslot, 0),
+                      addr_reg=R_A, vaddr=v + h * dh + fslot * self.nb)
 
         # q with each head padded to whole columns (zero tails stay zero)
         qsrc = q
@@ -331,7 +412,8 @@ class Compiler:
         e(Op.SADD, rd=R_N, rs=R_N, imm=1)  # blocks
         hpg = self.chunk // dhp
         cols = dhp // self.lanes
-        for h0 in range(0, H, hpg):
+        groups = list(range(0, H, hpg))
+        for h0 in groups:
             heads = range(h0, min(H, h0 + hpg))
             e(Op.WR_GB, ch_mask=self.all_ch, gb=0, n=len(heads) * cols, vaddr=qsrc + h0 * dhp)
             e(Op.SLI, rd=R_LOOP, imm=0)
@@ -345,35 +427,70 @@ class Compiler:
                   vaddr_reg=R_D)
             e(Op.SADD, rd=R_LOOP, rs=R_LOOP, imm=1)
             e(Op.BLT, rs=R_LOOP, rt=R_N, imm=top)
+            if overlap:
+                # this group's softmax runs while the channels compute the next group's
+                # scores; after the last group, the channels fetch the next layer's
+                # parameters during the softmax
+                if h0 == groups[-1]:
+                    after_scores()
+                for r0 in range(h0 - h0 % self.nc, heads[-1] + 1, self.nc):
+                    self._softmax(range(max(r0, h0), min(r0 + self.nc, heads[-1] + 1)))
+        if not overlap:
+            for r0 in range(0, H, self.nc):
+                self._softmax(range(r0, min(H, r0 + self.nc)))
+        self._score_v(layer)
 
-        # softmax over pos + 1 scores per head, then zero the rest of the last column. Each
-        # step is emitted for every head of a score.V round before the next step, so the
-        # vector unit streams one head while the previous head's result is in its pipeline,
-        # and a round's score.V can start while the next round's softmax runs.
+    def _softmax(self, heads: range) -> None:
+        """Softmax over pos + 1 scores of each head, then zero the rest of the last column.
+
+        Each step is emitted for every head before the next step, so the vector unit streams
+        one head while the previous head's result is in its pipeline, and a score.V round can
+        start while the next round's softmax runs.
+        """
+        e, dh = self.e, self.spec.d_head
         scale = 1.0 / math.sqrt(dh)
-        for r0 in range(0, H, self.nc):
-            heads = range(r0, min(H, r0 + self.nc))
-            rows = {h: self.v_scores + h * self.s_stride for h in heads}
-            sc = {h: self.v_head_scalars + h for h in heads}
-            steps = (
-                lambda h: e.vec(Op.VMULI, rows[h], rows[h], n=0, n_reg=R_LEN, imm=scale),
-                lambda h: e.vec(Op.VMAX, sc[h], rows[h], n=0, n_reg=R_LEN),
-                lambda h: e.vec(Op.VSUB, rows[h], rows[h], sc[h], n=0, n_reg=R_LEN, bcast=1),
-                lambda h: e.vec(Op.VEXP, rows[h], rows[h], n=0, n_reg=R_LEN),
-                lambda h: e.vec(Op.VSUM, sc[h], rows[h], n=0, n_reg=R_LEN),
-                lambda h: e.vec(Op.VRECIP, sc[h], sc[h], n=1),
-                lambda h: e.vec(Op.VMUL, rows[h], rows[h], sc[h], n=0, n_reg=R_LEN, bcast=1),
-                lambda h: e.vec(Op.VSET, rows[h], n=self.lanes, dst_reg=R_LEN, imm=0.0),
-            )
-            for step in steps:
-                for h in heads:
-                    step(h)
+        rows = {h: self.v_scores + h * self.s_stride for h in heads}
+        sc = {h: self.v_head_scalars + h for h in heads}
+        steps = (
+            lambda h: e.vec(Op.VMULI, rows[h], rows[h], n=0, n_reg=R_LEN, imm=scale),
+            lambda h: e.vec(Op.VMAX, sc[h], rows[h], n=0, n_reg=R_LEN),
+            lambda h: e.vec(Op.VSUB, rows[h], rows[h], sc[h], n=0, n_reg=R_LEN, bcast=1),
+            lambda h: e.vec(Op.VEXP, rows[h], rows[h], n=0, n_reg=R_LEN),
+            lambda h: e.vec(Op.VSUM, sc[h], rows[h], n=0, n_reg=R_LEN),
+            lambda h: e.vec(Op.VRECIP, sc[h], sc[h], n=1),
+            lambda h: e.vec(Op.VMUL, rows[h], rows[h], sc[h], n=0, n_reg=R_LEN, bcast=1),
+            lambda h: e.vec(Op.VSET, rows[h], n=self.lanes, dst_reg=R_LEN, imm=0.0),
+        )
+        for step in steps:
+            for h in heads:
+                step(h)
 
-        # score . V: per round every channel takes one head; token chunks of one row
+    def _v_offset(self, vp: VPlacement, r_out: int) -> None:
+        """r_out = offset of token pos's V values from their rows' (round, slot) address."""
+        e = self.e
+        e(Op.SDIV, rd=r_out, rs=R_POS, imm=vp.tokens_per_row)
+        e(Op.SMUL, rd=r_out, rs=r_out, imm=self.cfg.geometry.row_elems)
+        e(Op.SMOD, rd=R_B, rs=R_POS, imm=vp.tokens_per_row)
+        e(Op.SADD, rd=r_out, rs=r_out, rt=R_B)
+
+    def _score_v(self, layer: int) -> None:
+        """score . V: per round every channel takes one head; token chunks of one row.
+
+        In overlap mode the current token's V is appended here, each feature slot's burst just
+        before the last token chunk's MACs read that row, so one activation serves both.
+        """
+        s, e = self.spec, self.e
+        H, dh = s.n_head, s.d_head
+        v = self.v_qkv + 2 * s.d_model
+        vp = self.vp[layer]
         tpr = vp.tokens_per_row
         full_cols = tpr // self.lanes
+        append = self.opts.overlap
         e(Op.SDIV, rd=R_N, rs=R_POS, imm=tpr)
         e(Op.SADD, rd=R_N, rs=R_N, imm=1)  # token chunks
+        if append:
+            self._v_offset(vp, R_V)
+            e(Op.SADD, rd=R_W, rs=R_N, imm=-1)
         slots = self.nc * self.nb
         for rnd in range(vp.rounds):
             heads = [h for h in range(rnd * self.nc, min(H, (rnd + 1) * self.nc))]
@@ -395,6 +512,12 @@ class Compiler:
                       vaddr=self.v_scores + h * self.s_stride, vaddr_reg=R_A)
                 e(Op.SMUL, rd=R_D, rs=R_T, imm=self.cfg.geometry.row_elems)
                 for fslot in range(vp.feature_slots):
+                    if append:
+                        skip = e(Op.BLT, rs=R_T, rt=R_W, imm=0)  # not the last chunk
+                        for c, h in enumerate(heads):
+                            e(Op.WR_ABK, ch_mask=1 << c, addr=vp.row_addr(rnd, fslot, 0),
+                              addr_reg=R_V, vaddr=v + h * dh + fslot * self.nb)
+                        e.patch(skip, imm=e.pc)
                     e(Op.MAC_ABK, ch_mask=mask, addr=vp.row_addr(rnd, fslot, 0), addr_reg=R_D,
                       n=0, n_reg=R_B, gb=0)
                     e(Op.RD_MAC, ch_mask=mask, vaddr=dst + fslot * slots)
@@ -443,27 +566,39 @@ class Compiler:
 
     def _emit(self) -> None:
         s, e = self.spec, self.e
-        d, f = s.d_model, s.d_ff
+        f = s.d_ff
         e(Op.SADD, rd=R_LEN, rs=R_POS, imm=1)
         self._embed()
+        # With two buffer sets, the parameters layer i + 1 needs first are fetched during layer
+        # i's softmax, and the rest at its start, while the ASIC computes its first LayerNorm:
+        # both are times when the channels would otherwise wait for the ASIC.
+        ahead = len(self.param_sets) > 1
+        if ahead:
+            self._prefetch(0, "early")
         for i in range(s.n_layer):
             p = f"h.{i}."
-            P = self.v_params
-            self._prefetch(p, list(P))
+            P = self.param_sets[i % len(self.param_sets)]
+            self._prefetch(i, "late" if ahead else "all")
             self._layernorm(P["ln_1.weight"], P["ln_1.bias"], self.v_x, self.v_ln)
             self._vmm(p + "attn.c_attn.weight", self.v_ln, self.v_qkv, P["attn.c_attn.bias"])
-            self._attention(i)
-            self._vmm(p + "attn.c_proj.weight", self.v_o, self.v_y, P["attn.c_proj.bias"])
-            e.vec(Op.VADD, self.v_x, self.v_x, self.v_y, d)
+            self._attention(i, (lambda i=i: self._prefetch(i + 1, "early")) if ahead
+                            else lambda: None)
+            self._vmm(p + "attn.c_proj.weight", self.v_o, self.v_y, P["attn.c_proj.bias"],
+                      residual=self.v_x)
             self._layernorm(P["ln_2.weight"], P["ln_2.bias"], self.v_x, self.v_ln)
             self._vmm(p + "mlp.c_fc.weight", self.v_ln, self.v_y, P["mlp.c_fc.bias"])
-            e.vec(Op.VGELU, self.v_act, self.v_y, n=f)
-            self._vmm(p + "mlp.c_proj.weight", self.v_act, self.v_y, P["mlp.c_proj.bias"])
-            e.vec(Op.VADD, self.v_x, self.v_x, self.v_y, d)
-        self._load_vector("ln_f.weight", self.v_params["ln_1.weight"])
-        self._load_vector("ln_f.bias", self.v_params["ln_1.bias"])
-        self._layernorm(self.v_params["ln_1.weight"], self.v_params["ln_1.bias"], self.v_x,
-                        self.v_ln)
+            if self.opts.overlap:
+                # per input chunk of the next VMM, so its first chunk need not wait for all
+                for lo, length, _seg, _off in self.mats[p + "mlp.c_proj.weight"].chunks:
+                    e.vec(Op.VGELU, self.v_act + lo, self.v_y + lo, n=length)
+            else:
+                e.vec(Op.VGELU, self.v_act, self.v_y, n=f)
+            self._vmm(p + "mlp.c_proj.weight", self.v_act, self.v_y, P["mlp.c_proj.bias"],
+                      residual=self.v_x)
+        if not ahead:
+            self._prefetch(s.n_layer)
+        P = self.param_sets[s.n_layer % len(self.param_sets)]
+        self._layernorm(P["ln_1.weight"], P["ln_1.bias"], self.v_x, self.v_ln)
         head = "wte.weight" if s.tied_head else "lm_head.weight"
         self._vmm(head, self.v_ln, self.v_logits, None)
         e.vec(Op.VARGMAX, 0, self.v_logits, n=s.vocab, rd=R_OUT)
@@ -518,13 +653,15 @@ class Compiler:
                 entry.update(d_in=m.d_in, d_out=m.d_out, groups=m.groups,
                              chunks=[list(c) for c in m.chunks])
             symbols.append(entry)
-        for name, (bank, addr, length) in self.vectors.homes.items():
-            symbols.append({"name": name, "kind": "vector", "bank": bank, "start": addr,
-                            "size": length})
+        for name, pieces in self.vectors.homes.items():
+            for bank, addr, lo, n in pieces:
+                symbols.append({"name": name, "kind": "vector", "bank": bank, "start": addr,
+                                "size": n, "offset": lo})
         meta = {
             "model": {k: getattr(s, k) for k in ("name", "n_layer", "d_model", "n_head", "vocab",
                                                  "n_ctx", "d_ff", "ln_eps", "tied_head")},
             "max_tokens": self.max_tokens,
+            "options": self.opts.to_dict(),
             "image_elems": self.dram.top,
             "vmem": {name: addr for name, (addr, _n) in self.vmem.buffers.items()},
             # without the wall time: the same inputs must give the same bytes
@@ -536,8 +673,7 @@ class Compiler:
 
 
 def compile_model(config: MachineConfig, weights: GPTWeights, max_tokens: int | None = None,
-                  with_image: bool = True,
-                  progress: Callable[[str], None] | None = None) -> tuple[PimBinary,
-                                                                          CompileReport]:
+                  with_image: bool = True, progress: Callable[[str], None] | None = None,
+                  options: CompileOptions | None = None) -> tuple[PimBinary, CompileReport]:
     """Compile ``weights`` for ``config``; see :class:`Compiler`."""
-    return Compiler(config, weights, max_tokens, with_image, progress).compile()
+    return Compiler(config, weights, max_tokens, with_image, progress, options).compile()

@@ -85,6 +85,10 @@ class VmemAllocator:
         self.buffers[name] = (addr, words)
         return addr
 
+    def fits(self, words: int) -> bool:
+        """Whether one more buffer of ``words`` words fits."""
+        return self.top + words <= self.limit
+
     def check_capacity(self, what: str, vmem_words: int) -> None:
         if self.top > self.limit:
             raise PimgptError(f"{what} needs {self.top} words of ASIC vector memory, but the "
@@ -245,7 +249,8 @@ class VPlacement:
 
 @dataclass
 class VectorPlacement:
-    """Small vectors (biases, LayerNorm parameters), each whole in one bank."""
+    """Small vectors (biases, LayerNorm parameters), each split over the channels."""
 
     region: Region
-    homes: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # bank, addr, length
+    #: name -> pieces (bank, address, offset in the vector, length)
+    homes: dict[str, list[tuple[int, int, int, int]]] = field(default_factory=dict)

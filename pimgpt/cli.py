@@ -52,6 +52,13 @@ def _add_generation_args(p: argparse.ArgumentParser, default_tokens: int) -> Non
                    help=f"tokens to generate (default: {default_tokens})")
     p.add_argument("--max-tokens", type=int, metavar="N",
                    help="KV-cache positions to reserve when compiling (default: prompt + tokens)")
+    _add_schedule_arg(p)
+
+
+def _add_schedule_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-overlap", action="store_true",
+                   help="compile in the plain layer-by-layer order instead of overlapping "
+                        "channel and ASIC work (same values, slower; docs/mapping.md)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="KV-cache positions to reserve (default: the model's context)")
     p.add_argument("--layout-only", action="store_true",
                    help="omit the DRAM image (timing studies of large models)")
+    _add_schedule_arg(p)
     p.add_argument("--json", action="store_true", help="print the layout report as JSON")
     _add_config_args(p)
     p.set_defaults(func=_cmd("pimgpt.mapping.commands", "cmd_compile"))

@@ -96,6 +96,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     prompt_ids, tokenizer, needed = resolve_prompt(args, spec, binary)
     if binary is None:
         from pimgpt.mapping.compiler import compile_model
+        from pimgpt.mapping.commands import compile_options
         max_tokens = args.max_tokens or needed
         if max_tokens < needed:
             raise PimgptError(f"--max-tokens {max_tokens} is less than prompt plus --tokens "
@@ -104,7 +105,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         with _progress(len(names), "placing", not args.json) as bar:
             binary, _ = compile_model(config, weights, max_tokens,
                                       with_image=not args.timing_only,
-                                      progress=lambda _n: bar.update(1))
+                                      progress=lambda _n: bar.update(1),
+                                      options=compile_options(args))
 
     steps = len(prompt_ids) + max(args.tokens - 1, 0)
     with _progress(steps, "simulate", not args.json) as bar:

@@ -51,7 +51,8 @@ _BANK, _GROUP, _CHANNEL = Scope.BANK.value, Scope.GROUP.value, Scope.CHANNEL.val
 
 @dataclass
 class Interval:
-    """A unit's busy span (for shares and the timeline)."""
+    """A unit's busy span (for shares and the timeline). A channel span starts when the
+    channel could take the instruction, so a refresh it waits for counts as its time."""
 
     unit: str  # "ch0".., "vector"
     kind: str  # "mac", "move", "asic"
@@ -417,8 +418,8 @@ class CycleSimulator:
             src = self._vspan(e("vaddr"), n * lanes)
             t0 = max(t, self._ready(*src))
             for ch in self._chans(a["ch_mask"]):
-                ch.refresh_if_due(t0)
                 s = max(t0, ch.last + 1)
+                ch.refresh_if_due(t0)
                 last = ch.channel_cmds(C.WRGB, n, t0, a["gb"]) if n else t0
                 self.counters["io_bits"] += n * lanes * 16
                 ends.append(last + self.wrgb_latency)
@@ -435,8 +436,8 @@ class CycleSimulator:
             else:
                 targets = [self._bank(e("bank"))]
             for ch, bank in targets:
-                ch.refresh_if_due(t)
                 s = max(t, ch.last + 1)
+                ch.refresh_if_due(t)
                 cmd = C.MAC16 if bank is None else C.MAC
                 last = ch.column_run(cmd, bank, addr // lanes, n, t) if n else s
                 self.counters["mac_columns"] += n * (nb if bank is None else 1)
@@ -446,8 +447,8 @@ class CycleSimulator:
             dst = self._vspan(e("vaddr"), len(chans) * nb)
             t0 = max(t, self._free(*dst))
             for ch in chans:
-                ch.refresh_if_due(t0)
                 s = max(t0, ch.last + 1)
+                ch.refresh_if_due(t0)
                 tr = ch.channel_cmds(C.RDMAC, 1, t0)
                 self.counters["io_bits"] += nb * 16
                 ends.append(tr + self.rdmac_latency)
@@ -459,8 +460,8 @@ class CycleSimulator:
             self._bank_span(addr, n)
             span = self._vspan(e("vaddr"), n)
             t0 = max(t, self._ready(*span) if op is Op.WR_BANK else self._free(*span))
-            ch.refresh_if_due(t0)
             s = max(t0, ch.last + 1)
+            ch.refresh_if_due(t0)
             if n:
                 first, lastc = addr // lanes, (addr + n - 1) // lanes
                 cmd = C.WR if op is Op.WR_BANK else C.RD
@@ -481,8 +482,8 @@ class CycleSimulator:
             src = self._vspan(e("vaddr"), len(chans) * nb)
             t0 = max(t, self._ready(*src))
             for ch in chans:
-                ch.refresh_if_due(t0)
                 s = max(t0, ch.last + 1)
+                ch.refresh_if_due(t0)
                 last = ch.column_run(C.WR16, None, addr // lanes, 1, t0)
                 self.counters["io_bits"] += lanes * 16
                 ends.append(last + self.wr_latency)

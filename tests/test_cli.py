@@ -697,3 +697,25 @@ def test_real_process_exit_status_and_stderr(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""  # no progress bar when stderr is not a terminal
     assert json.loads(proc.stdout)["prompt_ids"] == [1, 2]
+
+
+def test_no_overlap_compiles_the_plain_order(tmp_path, capsys):
+    """--no-overlap is recorded in the binary and gives a different (longer-running) program
+    with the same results: the step takes more cycles on the simulator."""
+    outs = {}
+    for flag in ([], ["--no-overlap"]):
+        path = tmp_path / f"m{len(flag)}.pimbin"
+        assert main(["compile", "--model", DEFAULT_MODEL, "--max-tokens", "16", "-o", str(path),
+                     *flag]) == 0
+        outs[bool(flag)] = read_pimbin(path)
+    capsys.readouterr()
+    assert outs[False].meta["options"] == {"overlap": True}
+    assert outs[True].meta["options"] == {"overlap": False}
+    assert outs[False].code != outs[True].code
+    assert np.array_equal(outs[False].image, outs[True].image)
+    for flag in ([], ["--no-overlap"]):
+        assert main(["simulate", "--model", DEFAULT_MODEL, "--prompt-ids", "1,2", "--tokens", "2",
+                     "--json", *flag]) == 0
+        outs[("sim", bool(flag))] = json.loads(capsys.readouterr().out)
+    assert outs[("sim", False)]["generated_ids"] == outs[("sim", True)]["generated_ids"]
+    assert outs[("sim", False)]["total_cycles"] < outs[("sim", True)]["total_cycles"]

@@ -12,7 +12,7 @@ from helpers.ckpt import random_arrays, write_hf_checkpoint
 from pimgpt.hdl.params import preset
 from pimgpt.mapping.builtin import DEFAULT_MODEL, builtin_model
 from pimgpt.mapping.checkpoint import load_checkpoint
-from pimgpt.mapping.compiler import compile_model
+from pimgpt.mapping.compiler import CompileOptions, compile_model
 from pimgpt.mapping.model import GPTSpec
 from pimgpt.mapping.pimbin import read_pimbin, write_pimbin
 from pimgpt.sim.golden import GoldenGPT
@@ -30,9 +30,9 @@ def _bits(a: np.ndarray) -> np.ndarray:
     return np.asarray(a, np.float32).view(np.uint32)
 
 
-def _run_both(config, weights, prompt, n_tokens, tmp_path, max_tokens=None):
+def _run_both(config, weights, prompt, n_tokens, tmp_path, max_tokens=None, options=None):
     """Compile, write and re-read the .pimbin, run it; run the golden model; return both."""
-    binary, report = compile_model(config, weights, max_tokens)
+    binary, report = compile_model(config, weights, max_tokens, options=options)
     path = tmp_path / "model.pimbin"
     write_pimbin(path, binary)
     machine = FunctionalMachine(config)
@@ -50,12 +50,15 @@ def _assert_bit_exact(gen, tokens, logits):
         assert diff.size == 0, f"step {step}: logits differ at {diff[:5]}"
 
 
+@pytest.mark.parametrize("overlap", [True, False], ids=["overlap", "plain"])
 @pytest.mark.parametrize("machine", ["paper", "tiny"])
-def test_default_model_matches_golden_bit_for_bit(machine, tmp_path):
+def test_default_model_matches_golden_bit_for_bit(machine, overlap, tmp_path):
+    """Both schedules (CompileOptions.overlap) compute the golden model's bits."""
     config = preset(machine)
     weights = builtin_model(DEFAULT_MODEL)
     gen, tokens, logits, report = _run_both(config, weights, [72, 101, 108, 108, 111], 8,
-                                            tmp_path, max_tokens=16)
+                                            tmp_path, max_tokens=16,
+                                            options=CompileOptions(overlap=overlap))
     assert len(gen.generated_ids) == 8
     _assert_bit_exact(gen, tokens, logits)
     assert report.row_hit_bound > 0.5
