@@ -28,6 +28,8 @@ from pimgpt.errors import PimgptError
 from pimgpt.hdl import isa
 from pimgpt.hdl.mac import BankMac
 from pimgpt.hdl.params import MachineConfig
+from pimgpt.hdl.sequencer import ChannelSequencer
+from pimgpt.hdl.vector import VectorUnit
 
 __all__ = ["BLOCKS", "block_names", "generate", "manifest_json", "write_verilog",
            "module_ports"]
@@ -37,6 +39,8 @@ BLOCKS: dict[str, Callable[[MachineConfig], wiring.Component]] = {
     "bank_mac": lambda config: BankMac(config),
     # two register stages (after the products, after the tree): the variant timed for Fmax
     "bank_mac_p2": lambda config: BankMac(config, pipeline=2),
+    "channel_sequencer": lambda config: ChannelSequencer(config),
+    "vector_unit": lambda config: VectorUnit(config),
 }
 
 #: Manifest layout version; bump when a key changes meaning.

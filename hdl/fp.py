@@ -9,6 +9,7 @@ nothing is retyped here.
 - :class:`F32Add`: ``a ⊕ b`` on binary32 patterns.
 - :class:`Bf16MulF32`: ``widen(a) ⊗ widen(b)`` on BF16 patterns, the binary32 product.
 - :class:`F32ToBf16`: ``bf16(a)``, binary32 to BF16 (the MAC read-out rounding, §3).
+- :class:`F32Mul`: ``a ⊗ b`` on binary32 patterns (the ASIC vector unit's multiplier, §5).
 
 The adder uses the classic guard/round/sticky datapath: the smaller operand is aligned into a
 field three bits wider than the significand, with every bit shifted out of it ORed into the
@@ -34,7 +35,7 @@ from amaranth.utils import ceil_log2
 from pimgpt.sim import numerics as _nm
 
 __all__ = ["FloatFormat", "BINARY32", "BFLOAT16", "CANON_NAN_F32", "CANON_NAN_BF16",
-           "F32Add", "Bf16MulF32", "F32ToBf16"]
+           "F32Add", "Bf16MulF32", "F32ToBf16", "F32Mul"]
 
 
 @dataclass(frozen=True)
@@ -319,4 +320,85 @@ class F32ToBf16(wiring.Component):
             m.d.comb += self.y.eq(CANON_NAN_BF16)
         with m.Else():
             m.d.comb += self.y.eq(rounded[_WIDEN_SHIFT:BINARY32.width])
+        return m
+
+
+class F32Mul(wiring.Component):
+    """Binary32 multiplier: ``y = a ⊗ b`` (one rounding, round to nearest even), combinational.
+
+    The 24 x 24-bit significand product (subnormal operands without the hidden bit) is
+    normalised by its leading-zero count, the bits below the guard bit are ORed into one sticky
+    bit, and a result below the smallest normal is shifted onto the subnormal grid before the
+    single rounding (ties to even, possibly to ±0 with the sign kept). Overflow gives ±Inf
+    (also by rounding up from ``FLT_MAX``); ``0 x Inf`` and NaN operands give ``0x7FC00000``;
+    a zero operand gives a zero with the XOR of the signs.
+
+    Attributes
+    ----------
+    a, b : In(32)
+        binary32 bit patterns.
+    y : Out(32)
+        ``a * b`` rounded to binary32; NaN results are ``0x7FC00000``.
+    """
+
+    def __init__(self):
+        width = BINARY32.width
+        super().__init__({"a": In(width), "b": In(width), "y": Out(width)})
+
+    def elaborate(self, platform):
+        m = Module()
+        W, FB = BINARY32.width, BINARY32.frac_bits
+        SIG = FB + 1
+        PW = 2 * SIG  # product width
+        EXT = SIG + 2  # significand, guard bit and one sticky position
+        # value = 1.f * 2^(ea + eb - 2 bias - 2 FB + PW - 1 - lz) for a nonzero product with lz
+        # leading zeros (subnormal operands count with exponent 1); e_off is that biased
+        # exponent plus OFF, never negative
+        OFF = BINARY32.bias - 1 + PW - 1
+        EOFF_BITS = BINARY32.exp_bits + 2
+        passed = ("spec", "spec_y", "sign")
+
+        # --- specials, significand product, exponent sum --------------------------------------
+        a, b = self.a, self.b
+        mag_a, mag_b = a[:W - 1], b[:W - 1]
+        a_inf, b_inf = mag_a == BINARY32.inf_mag, mag_b == BINARY32.inf_mag
+        a_zero, b_zero = mag_a == 0, mag_b == 0
+        nan = ((mag_a > BINARY32.inf_mag) | (mag_b > BINARY32.inf_mag) | (a_inf & b_zero)
+               | (b_inf & a_zero))
+        sign = a[W - 1] ^ b[W - 1]
+        ea, eb = a[FB:W - 1], b[FB:W - 1]
+        s1 = _step(m, "product",
+                   spec=nan | a_inf | b_inf | a_zero | b_zero,
+                   spec_y=Mux(nan, CANON_NAN_F32,
+                              Cat(Mux(a_inf | b_inf, _INF_MAG, 0)[:W - 1], sign)),
+                   sign=sign,
+                   prod=(Cat(a[:FB], ea != 0) * Cat(b[:FB], eb != 0), PW),
+                   e_sum=Mux(ea == 0, 1, ea) + Mux(eb == 0, 1, eb))
+        s2 = _step(m, "lzc", **_carry(s1, *passed, "prod", "e_sum"),
+                   lz=(_lzc(s1.prod, PW), range(PW + 1)))
+
+        # --- normalise (bits below the guard position fold into one sticky bit); below the
+        # smallest normal, the shift onto the subnormal grid
+        e_off = (s2.e_sum + (PW - 1) - s2.lz)[:EOFF_BITS]
+        normal = e_off > OFF
+        top = (s2.prod << s2.lz)[:PW]
+        s3 = _step(m, "norm", **_carry(s2, *passed),
+                   wide=(Cat(top[PW - EXT] | top[:PW - EXT].any(), top[PW - EXT + 1:]), EXT),
+                   under=(Mux(normal, 0, Mux(e_off + EXT <= OFF + 1, EXT, OFF + 1 - e_off)),
+                          range(EXT + 1)),
+                   exp_field=(Mux(normal, e_off - OFF, 0), BINARY32.exp_bits),
+                   overflow=e_off >= OFF + BINARY32.exp_max)
+        lost = (s3.wide & ((Const(1, EXT + 1) << s3.under) - 1)[:EXT]).any()
+        s4 = _step(m, "denorm", **_carry(s3, *passed, "exp_field", "overflow"),
+                   shifted=(s3.wide >> s3.under, EXT), lost=lost)
+
+        # --- round to nearest even, pack, select ----------------------------------------------
+        sh = s4.shifted
+        mag = _round_pack(sh[2:], guard=sh[1], sticky=sh[0] | s4.lost, exp_field=s4.exp_field)
+        with m.If(s4.spec):
+            m.d.comb += self.y.eq(s4.spec_y)
+        with m.Elif(s4.overflow):
+            m.d.comb += self.y.eq(Cat(_INF_MAG, s4.sign))
+        with m.Else():
+            m.d.comb += self.y.eq(Cat(mag, s4.sign))
         return m

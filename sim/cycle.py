@@ -38,6 +38,7 @@ from pimgpt.hdl.isa import Opcode as Op
 from pimgpt.hdl.params import MachineConfig, ns_to_cycles
 from pimgpt.hdl.timing import (ALL_BANK_CMDS, FAW, REFRESH, RULE_CMDS, RULES, DramCmd, Scope,
                                bank_group, rule_cmd)
+from pimgpt.hdl.vector import op_latency
 from pimgpt.mapping.pimbin import PimBinary
 from pimgpt.sim.scalar import SCALAR_EXEC, exec_scalar, set_reg
 from pimgpt.sim.trace import TraceEntry
@@ -255,8 +256,6 @@ class CycleSimulator:
         self.wr_latency = cyc("tCWL") + cyc("tBL")
         self.asic_ns = 1000.0 / clk.asic_mhz
         self.dispatch_step = self.asic_cycles(a.issue_cycles)
-        self.fn_cycles = {Op.VEXP: a.exp_cycles, Op.VRECIP: a.recip_cycles,
-                          Op.VRSQRT: a.rsqrt_cycles, Op.VGELU: a.gelu_cycles}
         self.counters: Counter = Counter()
         self.channels = [_Channel(self, c) for c in range(self.nc)]
         self.vec_free = 0
@@ -506,9 +505,7 @@ class CycleSimulator:
             writes.append(self._vspan(dst, n))
         self.counters["vmem_words"] += sum(hi - lo for lo, hi in reads + writes)
         beats = math.ceil(n / self.cfg.asic.vector_lanes)
-        lat = self.cfg.asic.vec_latency + self.fn_cycles.get(op, 0)
-        if op in (Op.VSUM, Op.VMAX, Op.VARGMAX):
-            lat += int(math.log2(self.cfg.asic.vector_lanes)) * self.cfg.asic.vec_latency
+        lat = op_latency(self.cfg.asic, op)  # the RTL vector unit's own figure
         start = max([t, self.vec_free] + [self._ready(lo, hi) for lo, hi in reads]
                     + [self._free(lo, hi) for lo, hi in writes])
         busy = self.asic_cycles(beats) if n else 0
