@@ -26,6 +26,7 @@ from amaranth.lib import wiring
 
 from pimgpt.errors import PimgptError
 from pimgpt.hdl import isa
+from pimgpt.hdl.channel import GEN_ARRAY_ROWS, ChannelPim
 from pimgpt.hdl.mac import BankMac
 from pimgpt.hdl.params import MachineConfig
 from pimgpt.hdl.sequencer import ChannelSequencer
@@ -40,6 +41,9 @@ BLOCKS: dict[str, Callable[[MachineConfig], wiring.Component]] = {
     # two register stages (after the products, after the tree): the variant timed for Fmax
     "bank_mac_p2": lambda config: BankMac(config, pipeline=2),
     "channel_sequencer": lambda config: ChannelSequencer(config),
+    # the arrays hold the first GEN_ARRAY_ROWS rows of each bank (hdl/channel.py says why)
+    "channel_pim": lambda config: ChannelPim(
+        config, array_rows=min(config.geometry.rows, GEN_ARRAY_ROWS)),
     "vector_unit": lambda config: VectorUnit(config),
 }
 
