@@ -46,6 +46,7 @@ class Generation:
     generated_ids: list[int]
     logits: list[np.ndarray] = field(default_factory=list)
     counters: dict[str, int] = field(default_factory=dict)
+    cycles: list[int] = field(default_factory=list)  # per run, on timed devices
 
 
 def check_generation(meta: dict, prompt_ids: Sequence[int], n_tokens: int) -> tuple[list[int], int]:
@@ -184,30 +185,17 @@ class FunctionalMachine:
         return Result(outputs={"token": self.regs[isa.REG_TOKEN_OUT], "regs": list(self.regs)},
                       cycles=None, counters=dict(self.counters))
 
+    def read_vmem(self, addr: int, n: int) -> np.ndarray:
+        """A copy of vector-memory words ``addr .. addr + n - 1`` (binary32)."""
+        return self.vmem[addr:addr + n].copy()
+
     def generate(self, prompt_ids: Sequence[int], n_tokens: int, keep_logits: bool = False,
                  on_step: Callable[[int], None] | None = None) -> Generation:
-        """Greedy generation: one decode step per prompt token, then per generated token."""
-        prompt, total = check_generation(self.meta, prompt_ids, n_tokens)
-        meta = self.meta["model"]
-        self.reset()
-        logits_at = int(self.meta["vmem"]["logits"])
-        out = Generation(prompt, [])
-        token = prompt[0]
-        for pos in range(total):
-            if pos < len(prompt):
-                token = prompt[pos]
-            self.set_reg(isa.REG_POS, pos)
-            self.set_reg(isa.REG_TOKEN_IN, token)
-            res = self.run()
-            if keep_logits:
-                out.logits.append(self.vmem[logits_at:logits_at + meta["vocab"]].copy())
-            token = int(res.outputs["token"])
-            if pos >= len(prompt) - 1 and len(out.generated_ids) < n_tokens:
-                out.generated_ids.append(token)
-            if on_step:
-                on_step(pos)
-        out.counters = dict(self.counters)
-        return out
+        """Greedy generation: one decode step per prompt token, then per generated token
+        (:func:`pimgpt.sim.device.generate` on this machine)."""
+        from pimgpt.sim.device import generate
+
+        return generate(self, self.meta, prompt_ids, n_tokens, keep_logits, on_step)
 
     # --- instruction semantics ---------------------------------------------------------------
 
