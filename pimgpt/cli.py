@@ -162,6 +162,77 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=_cmd("pimgpt.sim.commands", "cmd_simulate"))
 
+    p = sub.add_parser(
+        "study", help="run the evaluation study and write a report folder",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "The paper's evaluation on the simulator: the 8 built-in GPT-2/GPT-3 models on the\n"
+            "paper machine (per-token latency against position up to 1,024 tokens, tokens/s,\n"
+            "energy/token, row-hit rate, time breakdown), CPU baselines measured on this machine\n"
+            "(numpy and torch float32, same weights), a GPU measured with torch when CUDA is\n"
+            "present or else a T4 bandwidth-roofline estimate, speed-up and energy-efficiency\n"
+            "ratios beside the paper's, sensitivity to channels, ASIC clock, DRAM timings and\n"
+            "context length (mapping techniques and global-buffer double-buffering once the\n"
+            "compiler offers them as options), PIM-vs-float32 accuracy, and the gain of the\n"
+            "compiler's overlapped schedule over the paper-faithful one on every model.\n\n"
+            "Writes DIR/report.md, PNG plots, results.json and CSV tables; DIR is replaced only\n"
+            "when the study finishes. The full study takes tens of minutes on 2 cores;\n"
+            "--quick (3 positions, fewer repeats and sensitivity points) about 5 minutes."),
+        epilog="examples:\n  pimgpt study --quick --out study-quick\n"
+               "  pimgpt study --out docs/study\n"
+               "  pimgpt study --quick --models gpt2-small,gpt3-small --no-torch --out s")
+    p.add_argument("--quick", action="store_true",
+                   help="reduced study (<= 10 minutes on 2 cores)")
+    p.add_argument("--out", default="study-report", metavar="DIR",
+                   help="report folder (default: study-report); an earlier report there is "
+                        "replaced")
+    p.add_argument("--models", metavar="A,B,...",
+                   help="built-in models to study (default: the 8 GPT-2/GPT-3 shapes)")
+    p.add_argument("--sensitivity-model", metavar="NAME",
+                   help="model of the sensitivity study (default: gpt2-xl; --quick: gpt2-small)")
+    p.add_argument("--no-torch", action="store_true", help="skip the torch CPU baseline")
+    p.add_argument("--cpu-threads", type=int, metavar="N",
+                   help="threads of the CPU baselines (default: 1; the CPU power assumed is "
+                        "charged per thread)")
+    p.add_argument("--jobs", type=int, metavar="N",
+                   help="processes for the simulator points (default: 1)")
+    p.add_argument("--gpu-results", metavar="FILE",
+                   help="also compare with a GPU measured elsewhere ('python -m "
+                        "pimgpt.study.gpu -o FILE' on a CUDA machine)")
+    p.add_argument("--json", action="store_true", help="print a machine-readable summary")
+    p.set_defaults(func=_cmd("pimgpt.study.commands", "cmd_study"))
+
+    p = sub.add_parser(
+        "sweep", help="run a design-space grid (TOML) in parallel, resumably",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Time every combination of a TOML grid's axes (machine fields such as\n"
+            "geometry.channels or clocks.asic_mhz, compile options, models): one decode step\n"
+            "per listed position, per point. Points run in parallel processes or on a Dask\n"
+            "cluster; each result is appended to DIR/results.jsonl as it finishes, so a rerun\n"
+            "after an interruption skips finished points. DIR/results.csv and results.json are\n"
+            "written when all points are done.\n\n"
+            "grid file:\n"
+            "  models = [\"gpt2-small\", \"gpt2-medium\"]\n"
+            "  base = \"paper\"               # preset, or a machine .toml beside the grid\n"
+            "  max_tokens = 1024\n"
+            "  positions = [0, 511, 1023]\n"
+            "  [grid]\n"
+            "  \"geometry.channels\" = [4, 8, 16]\n"
+            "  \"clocks.asic_mhz\" = [100.0, 1000.0]\n"
+            "  \"options.overlap\" = [true, false]   # compile options (CompileOptions)"),
+        epilog="examples:\n  pimgpt sweep grid.toml --out grid-results --jobs 2\n"
+               "  pimgpt sweep grid.toml --scheduler tcp://10.0.0.5:8786")
+    p.add_argument("grid", metavar="GRID.toml")
+    p.add_argument("--out", metavar="DIR",
+                   help="results folder (default: <grid name>-sweep); reused to resume")
+    p.add_argument("--jobs", type=int, metavar="N",
+                   help="local worker processes (default: number of CPUs)")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="run on an existing Dask cluster (scheduler address, tcp://host:port)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_cmd("pimgpt.study.commands", "cmd_sweep"))
+
     p = sub.add_parser("verilog", help="generate the RTL blocks as Verilog, with manifests",
                        description="Convert RTL blocks to Verilog: <block>.v (top module named "
                                    "after the block) and <block>.json (configuration and ISA "
@@ -184,6 +255,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     _add_config_args(p)
     p.set_defaults(func=_cmd("pimgpt.gen.commands", "cmd_synth"))
+
+    p = sub.add_parser("constraints", help="write the SDC files and the FPGA board's pin file",
+                       description="Write <machine>-asic.sdc and <machine>-dram.sdc (the ASIC "
+                                   "and DRAM command clocks of the configuration, for the "
+                                   "blocks in each domain) and ulx3s_85f.lpf (the FPGA "
+                                   "prototype's clock and pins on a ULX3S-85F) into DIR.")
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="output directory")
+    _add_config_args(p)
+    p.set_defaults(func=_cmd("pimgpt.constraints.commands", "cmd_constraints"))
     return parser
 
 

@@ -45,7 +45,7 @@ class Float32GPT:
     def _linear(self, x: np.ndarray, prefix: str) -> np.ndarray:
         return x @ self.w[prefix + ".weight"] + self.w[prefix + ".bias"]
 
-    def _run(self, ids: list[int], cache: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    def forward_cached(self, ids: list[int], cache: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
         """Hidden states after ``ln_f`` for ``ids`` at the positions after those in ``cache``.
 
         ``cache`` holds each layer's keys and values, (n_head, T_past, d_head); it is extended
@@ -104,7 +104,7 @@ class Float32GPT:
         if len(ids) > self.spec.n_ctx:
             raise PimgptError(f"input: {len(ids)} tokens exceed the context of "
                               f"{self.spec.name} ({self.spec.n_ctx})")
-        return (self._run(ids, []) @ self.head.T).astype(F32, copy=False)
+        return (self.forward_cached(ids, []) @ self.head.T).astype(F32, copy=False)
 
     def generate(self, prompt_ids: Sequence[int], n_tokens: int) -> list[int]:
         """``n_tokens`` greedy tokens after the prompt (KV cache; ties go to the lowest id)."""
@@ -123,7 +123,7 @@ class Float32GPT:
         out: list[int] = []
         feed = prompt
         for _ in range(int(n_tokens)):
-            hidden = self._run(feed, cache)[-1]
+            hidden = self.forward_cached(feed, cache)[-1]
             token = int(np.argmax(hidden @ self.head.T))
             out.append(token)
             feed = [token]

@@ -257,7 +257,7 @@ class SimReport:
         return "\n".join(lines)
 
 
-def _events(counters: Counter, config: MachineConfig, cycles: int) -> Events:
+def counter_events(counters: Counter, config: MachineConfig, cycles: int) -> Events:
     """Energy events of a run from the cycle simulator's counters."""
     nb = config.geometry.banks_per_channel
     c = lambda name: int(counters.get(name, 0))  # noqa: E731
@@ -350,7 +350,7 @@ def simulate_generation(config: MachineConfig, binary: PimBinary, prompt_ids: Se
     sim.finish()
     cycles = sum(step_cycles)
     counters = Counter({k: v for k, v in sim.counters.items() if v})
-    events = _events(counters, config, cycles)
+    events = counter_events(counters, config, cycles)
     return SimReport(
         model=str(meta.get("name", "?")), machine=config.name,
         engine="fast" if fast else "event", timing_only=timing_only, prompt_ids=prompt,

@@ -1,0 +1,144 @@
+"""The sensitivity study as data: dimensions -> variants -> (machine, compile options).
+
+Each :class:`Dimension` lists :class:`Variant` s; a variant is a machine (a preset plus dotted
+``group.field`` overrides, the same form ``pimgpt sweep`` grids use) and compile options
+(``CompileOptions`` fields), optionally with its own KV reservation / timed position. The study
+turns every variant into a :mod:`pimgpt.study.points` point and plots each dimension's figure
+against its variants. Adding a dimension is adding one entry to :data:`DIMENSIONS`.
+
+A dimension whose ``requires`` names compile options the compiler does not offer yet is
+reported as pending (no numbers are made up); it runs as soon as ``CompileOptions`` has those
+fields. The mapping-technique switches and global-buffer double-buffering are such dimensions:
+their option names below are the planned ones and may need adjusting to the final
+``CompileOptions``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from pimgpt.study.points import options_available
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One setting of a dimension."""
+
+    label: str  # shown in tables and on the plot's axis
+    x: float | None = None  # numeric axis value (None: categorical axis)
+    preset: str | None = None  # starting machine (None: the study's base preset)
+    overrides: Mapping[str, Any] = field(default_factory=dict)  # "group.field" -> value
+    options: Mapping[str, Any] = field(default_factory=dict)  # CompileOptions fields
+    max_tokens: int | None = None  # KV reservation (None: the study's)
+    position: int | None = None  # timed position (None: the study's sensitivity position)
+    quick: bool = True  # part of --quick
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """One axis of the sensitivity study."""
+
+    name: str
+    title: str
+    axis: str  # x-axis label
+    variants: tuple[Variant, ...]
+    baseline: str  # label of the variant that matches the paper machine
+    requires: tuple[str, ...] = ()  # CompileOptions fields needed
+    log_x: bool = False
+    note: str = ""
+    #: the largest model this dimension uses: a bigger sensitivity model is replaced by it
+    #: (e.g. a 2-channel machine holds 1 GiB, too little for GPT2-XL)
+    max_model: str | None = None
+
+    def model_for(self, model: str) -> str:
+        """The model this dimension measures when the study's sensitivity model is ``model``."""
+        from pimgpt.mapping.builtin import builtin_spec
+        if self.max_model and builtin_spec(model).param_count() > \
+                builtin_spec(self.max_model).param_count():
+            return self.max_model
+        return model
+
+    @property
+    def available(self) -> bool:
+        """Whether the compiler offers every option this dimension needs."""
+        return not self.requires or options_available(self.requires)
+
+    def selected(self, quick: bool) -> tuple[Variant, ...]:
+        """The variants a (quick) study runs."""
+        return tuple(v for v in self.variants if v.quick or not quick)
+
+
+def _ctx(n: int, quick: bool = True) -> Variant:
+    return Variant(label=str(n), x=n, max_tokens=n, position=n - 1, quick=quick)
+
+
+def _on_off(option: str) -> tuple[Variant, ...]:
+    return (Variant(label="on", options={option: True}),
+            Variant(label="off", options={option: False}))
+
+
+DIMENSIONS: tuple[Dimension, ...] = (
+    Dimension(
+        name="channels", title="PIM channels", axis="channels", log_x=True, baseline="8",
+        variants=tuple(Variant(label=str(c), x=c, overrides={"geometry.channels": c},
+                               quick=c in (2, 8, 16))
+                       for c in (2, 4, 8, 16, 32)),
+        max_model="gpt2-medium",
+        note="16 banks per channel each (2 channels hold 1 GiB, so at most GPT2-medium is "
+             "measured); the model is recompiled for each machine; the ISA addresses at most "
+             "16 channels"),
+    Dimension(
+        name="asic_clock", title="ASIC clock", axis="ASIC clock (MHz)", log_x=True,
+        baseline="1000",
+        variants=tuple(Variant(label=f"{m:g}", x=m, overrides={"clocks.asic_mhz": float(m)},
+                               quick=m in (100, 1000))
+                       for m in (100, 200, 500, 1000)),
+        note="DRAM command clock unchanged; the ASIC clock also paces instruction dispatch"),
+    Dimension(
+        name="dram_timing", title="DRAM timing set", axis="timing set", baseline="AiM GDDR6",
+        variants=(Variant(label="AiM GDDR6", preset="paper"),
+                  Variant(label="generic GDDR6", preset="gddr6")),
+        note="AiM: SK hynix AiM GDDR6 preset, 2 GHz command clock (the paper preset); generic: "
+             "Ramulator 2 GDDR6_2000 preset, 1 GHz command clock (the gddr6 preset)"),
+    Dimension(
+        name="context", title="Context length", axis="context length (tokens)", log_x=True,
+        baseline="1024",
+        variants=(_ctx(128), _ctx(256, quick=False), _ctx(512, quick=False), _ctx(1024),
+                  _ctx(2048, quick=False)),
+        note="KV cache reserved for the context; one step at its last position (attention over "
+             "the whole context); 2048 only for models whose context allows it"),
+    Dimension(
+        name="gb_double_buffer", title="Global-buffer double-buffering",
+        axis="double-buffering", baseline="on", requires=("gb_double_buffer",),
+        variants=_on_off("gb_double_buffer"),
+        note="the next input chunk written into the global buffer while the banks MAC the "
+             "current one"),
+    Dimension(
+        name="head_concat", title="Mapping: head concatenation", axis="head concatenation",
+        baseline="on", requires=("head_concat",), variants=_on_off("head_concat"),
+        note="attention heads concatenated so K/V data fill whole rows"),
+    Dimension(
+        name="kv_layout", title="Mapping: KV-cache layout", axis="paper KV layout",
+        baseline="on", requires=("kv_layout",), variants=_on_off("kv_layout"),
+        note="KV space reserved in advance, K row-major and V column-major (off: the "
+             "alternative layout CompileOptions defines)"),
+    Dimension(
+        name="tiling", title="Mapping: tiling", axis="tiling", baseline="on",
+        requires=("tiling",), variants=_on_off("tiling"),
+        note="matrices wider than a row split into global-buffer chunks whose partial sums the "
+             "ASIC adds"),
+)
+
+#: The improvement over the paper-faithful baseline (issue 6(b)): the compile option that turns
+#: it on, measured on every model against the same compile without it. The compiler's
+#: ``CompileOptions.overlap`` orders independent work so PIM channels and the ASIC vector unit
+#: overlap (partial sums double-buffered, next layer's parameters prefetched during softmax,
+#: per-head softmax and per-chunk GELU); ``overlap=False`` is the paper's layer-by-layer order.
+IMPROVEMENT = Dimension(
+    name="improvement", title="Improvement over the paper-faithful schedule",
+    axis="schedule", baseline="paper-faithful", requires=("overlap",),
+    variants=(Variant(label="paper-faithful", options={"overlap": False}),
+              Variant(label="improved", options={"overlap": True})),
+    note="CompileOptions.overlap: channel and vector-unit work reordered to overlap (results "
+         "bit-identical); off = the paper's layer-by-layer order")
