@@ -48,7 +48,9 @@ def load_model(checkpoint: str | None, model: str | None, default: str | None = 
 def compile_options(args: argparse.Namespace):
     """The :class:`~pimgpt.mapping.compiler.CompileOptions` the command line asks for."""
     from pimgpt.mapping.compiler import CompileOptions
-    return CompileOptions(overlap=not getattr(args, "no_overlap", False))
+    return CompileOptions(overlap=not getattr(args, "no_overlap", False),
+                          row_fill=not getattr(args, "no_row_fill", False),
+                          head_concat=not getattr(args, "no_head_concat", False))
 
 
 def _check_positive(name: str, value: int | None, allow_zero: bool = False) -> None:

@@ -88,6 +88,14 @@ class CompileOptions:
     #: order independent work so that PIM channels and the vector unit overlap (see the module
     #: docstring); False gives the plain layer-by-layer order, the paper-faithful baseline
     overlap: bool = True
+    # The paper's mapping techniques, each on by default; off gives the mapping without it, so
+    # that its effect can be measured (docs/mapping.md, "Switching techniques off").
+    #: weight segments back to back so they fill whole rows (off: each segment starts a row)
+    row_fill: bool = True
+    #: attention heads concatenated: a token's K heads side by side in its record, and as many
+    #: q heads as the global buffer holds in one load for the scores (off: every K head in a
+    #: row of its own, one q head per load)
+    head_concat: bool = True
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -155,10 +163,11 @@ class Compiler:
     def _plan(self) -> None:
         s, g = self.spec, self.cfg.geometry
         d, f, L = s.d_model, s.d_ff, s.n_layer
+        align = 0 if self.opts.row_fill else g.row_elems
         mat = lambda name, d_in, d_out: MatrixPlacement(  # noqa: E731
             self.dram.alloc(name, "matrix", MatrixPlacement.size_for(
-                d_in, d_out, self.banks, self.chunk, self.lanes), used=0),
-            d_in, d_out, self.banks, self.chunk, self.lanes)
+                d_in, d_out, self.banks, self.chunk, self.lanes, align), used=0),
+            d_in, d_out, self.banks, self.chunk, self.lanes, align)
         self.mats: dict[str, MatrixPlacement] = {}
         self.mats["wte.weight"] = mat("wte.weight", d, s.vocab)
         if not s.tied_head:
@@ -195,8 +204,9 @@ class Compiler:
         self.weights_top = self.dram.top
         # KV cache, reserved up front for max_tokens positions
         tokens_per_vrow = min(g.row_elems, g.gb_elems)
+        concat = self.opts.head_concat
         ksize = KPlacement.size_for(self.max_tokens, s.n_head, s.d_head, self.banks,
-                                    g.row_elems, self.lanes)
+                                    g.row_elems, self.lanes, concat)
         vsize = VPlacement.size_for(s.n_head, s.d_head, self.nc, self.nb, g.row_elems,
                                     tokens_per_vrow, self.max_tokens)
         self.kp: list[KPlacement] = []
@@ -205,7 +215,7 @@ class Compiler:
             kr = self.dram.alloc(f"h.{i}.k_cache", "k_cache", ksize,
                                  used=ceil_div(self.max_tokens, self.banks) * d)
             self.kp.append(KPlacement(kr, s.n_head, s.d_head, self.banks, g.row_elems,
-                                      self.lanes))
+                                      self.lanes, concat))
             vr = self.dram.alloc(f"h.{i}.v_cache", "v_cache", vsize,
                                  used=ceil_div(self.max_tokens * d, self.banks))
             self.vp.append(VPlacement(vr, s.n_head, s.d_head, self.nc, self.nb, g.row_elems,
@@ -367,7 +377,7 @@ class Compiler:
             e(Op.SMOD, rd=R_A, rs=reg, imm=self.banks)  # bank
             e(Op.SDIV, rd=R_B, rs=reg, imm=self.banks)  # group
             for k, (lo, length, seg, _off) in enumerate(m.chunks):
-                e(Op.SMUL, rd=R_C, rs=R_B, imm=seg)
+                e(Op.SMUL, rd=R_C, rs=R_B, imm=m.stride(k))
                 e(Op.RD_BANK, bank=0, bank_reg=R_A, addr=m.segment_addr(k, 0), addr_reg=R_C,
                   n=length, vaddr=dst + lo)
         e.vec(Op.VADD, self.v_x, self.v_x, self.v_emb, self.spec.d_model)
@@ -410,7 +420,8 @@ class Compiler:
         # scores[h][t] = q_h . k_t,h for t in blocks of `banks` tokens, heads in GB loads
         e(Op.SDIV, rd=R_N, rs=R_POS, imm=self.banks)
         e(Op.SADD, rd=R_N, rs=R_N, imm=1)  # blocks
-        hpg = self.chunk // dhp
+        # heads concatenated in one global-buffer load (off: one head per load and loop)
+        hpg = self.chunk // dhp if self.opts.head_concat else 1
         cols = dhp // self.lanes
         groups = list(range(0, H, hpg))
         for h0 in groups:

@@ -105,6 +105,9 @@ class MatrixPlacement:
     banks: int
     chunk: int  # input elements per global-buffer load
     lanes: int
+    #: 0: segments back to back, rows filled (the paper's concatenation); else the row length,
+    #: and every segment starts a row (the mapping without it, for the study)
+    row_align: int = 0
     chunks: list[tuple[int, int, int, int]] = field(default_factory=list)
     # per chunk: (first input element, length, padded length, offset in region)
 
@@ -115,7 +118,14 @@ class MatrixPlacement:
             length = min(self.chunk, self.d_in - lo)
             seg = round_up(length, self.lanes)
             self.chunks.append((lo, length, seg, off))
-            off += self.groups * seg
+            off += self.groups * self._stride(seg)
+
+    def _stride(self, seg: int) -> int:
+        return round_up(seg, self.row_align) if self.row_align else seg
+
+    def stride(self, k: int) -> int:
+        """Elements from one group's segment of chunk ``k`` to the next group's."""
+        return self._stride(self.chunks[k][2])
 
     @property
     def groups(self) -> int:
@@ -128,26 +138,29 @@ class MatrixPlacement:
         return self.groups * self.banks
 
     @staticmethod
-    def size_for(d_in: int, d_out: int, banks: int, chunk: int, lanes: int) -> int:
-        groups = ceil_div(d_out, banks)
-        return sum(groups * round_up(min(chunk, d_in - lo), lanes)
-                   for lo in range(0, d_in, chunk))
+    def size_for(d_in: int, d_out: int, banks: int, chunk: int, lanes: int,
+                 row_align: int = 0) -> int:
+        probe = MatrixPlacement(Region("", "", 0, 0), d_in, d_out, banks, chunk, lanes,
+                                row_align)
+        return sum(probe.groups * probe.stride(k) for k in range(len(probe.chunks)))
 
     def segment_addr(self, k: int, group: int) -> int:
         """Bank element address of chunk ``k`` of group ``group``."""
         lo, length, seg, off = self.chunks[k]
-        return self.region.start + off + group * seg
+        return self.region.start + off + group * self.stride(k)
 
     def fill(self, image: np.ndarray, wt_bits: np.ndarray) -> None:
         """Write ``wt_bits`` (``[d_out, d_in]`` BF16 bit patterns) into the image."""
         g, banks = self.groups, self.banks
-        for lo, length, seg, off in self.chunks:
-            block = np.zeros((g * banks, seg), np.uint16)
+        for k, (lo, length, seg, off) in enumerate(self.chunks):
+            stride = self.stride(k)
+            block = np.zeros((g * banks, stride), np.uint16)
             block[:self.d_out, :length] = wt_bits[:, lo:lo + length]
-            # neuron j = group * banks + bank  ->  bank-major, groups back to back
-            per_bank = block.reshape(g, banks, seg).transpose(1, 0, 2).reshape(banks, g * seg)
+            # neuron j = group * banks + bank  ->  bank-major, groups one stride apart
+            per_bank = block.reshape(g, banks, stride).transpose(1, 0, 2).reshape(banks,
+                                                                                g * stride)
             a = self.region.start + off
-            image[:, a:a + g * seg] = per_bank
+            image[:, a:a + g * stride] = per_bank
 
 
 @dataclass
@@ -160,6 +173,10 @@ class KPlacement:
     banks: int
     row_elems: int
     lanes: int
+    #: a token's heads concatenated in its record, several tokens to a row where they fit (the
+    #: paper's layout); False: every head of every token in a row of its own (the mapping
+    #: without head concatenation, for the study)
+    concat: bool = True
 
     @property
     def dhp(self) -> int:
@@ -168,12 +185,12 @@ class KPlacement:
 
     @property
     def tokens_per_row(self) -> int:
-        """Tokens sharing one row (0 when one token needs several rows)."""
-        return self.row_elems // (self.n_head * self.dhp)
+        """Tokens sharing one row (0 when one token needs several rows, or without packing)."""
+        return self.row_elems // (self.n_head * self.dhp) if self.concat else 0
 
     @property
     def heads_per_row(self) -> int:
-        return self.row_elems // self.dhp
+        return self.row_elems // self.dhp if self.concat else 1
 
     @property
     def rows_per_token(self) -> int:
@@ -181,8 +198,9 @@ class KPlacement:
 
     @staticmethod
     def size_for(max_tokens: int, n_head: int, d_head: int, banks: int, row_elems: int,
-                 lanes: int) -> int:
-        probe = KPlacement(Region("", "", 0, 0), n_head, d_head, banks, row_elems, lanes)
+                 lanes: int, concat: bool = True) -> int:
+        probe = KPlacement(Region("", "", 0, 0), n_head, d_head, banks, row_elems, lanes,
+                           concat)
         slots = ceil_div(max_tokens, banks)
         if probe.tokens_per_row:
             return ceil_div(slots, probe.tokens_per_row) * row_elems

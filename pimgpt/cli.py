@@ -59,6 +59,12 @@ def _add_schedule_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-overlap", action="store_true",
                    help="compile in the plain layer-by-layer order instead of overlapping "
                         "channel and ASIC work (same values, slower; docs/mapping.md)")
+    p.add_argument("--no-row-fill", action="store_true",
+                   help="mapping without the paper's row filling: every weight segment starts "
+                        "a row (same values, more activations)")
+    p.add_argument("--no-head-concat", action="store_true",
+                   help="mapping without head concatenation: every K head in its own row, one "
+                        "q head per global-buffer load (same values, slower)")
 
 
 def build_parser() -> argparse.ArgumentParser:

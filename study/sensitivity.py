@@ -8,9 +8,7 @@ against its variants. Adding a dimension is adding one entry to :data:`DIMENSION
 
 A dimension whose ``requires`` names compile options the compiler does not offer yet is
 reported as pending (no numbers are made up); it runs as soon as ``CompileOptions`` has those
-fields. The mapping-technique switches and global-buffer double-buffering are such dimensions:
-their option names below are the planned ones and may need adjusting to the final
-``CompileOptions``.
+fields; its note says why it is not available.
 """
 
 from __future__ import annotations
@@ -112,22 +110,30 @@ DIMENSIONS: tuple[Dimension, ...] = (
         name="gb_double_buffer", title="Global-buffer double-buffering",
         axis="double-buffering", baseline="on", requires=("gb_double_buffer",),
         variants=_on_off("gb_double_buffer"),
-        note="the next input chunk written into the global buffer while the banks MAC the "
-             "current one"),
+        note="not modelled yet: a channel issues its commands in order, so the next chunk's "
+             "global-buffer writes cannot overlap the current chunk's MACs; interleaving them "
+             "needs a new channel scheduling policy in the simulator and the RTL sequencer alike"),
     Dimension(
         name="head_concat", title="Mapping: head concatenation", axis="head concatenation",
         baseline="on", requires=("head_concat",), variants=_on_off("head_concat"),
-        note="attention heads concatenated so K/V data fill whole rows"),
+        note="on: a token's K heads side by side in its record and as many q heads as the "
+             "global buffer holds per load; off: every K head in a row of its own and one q head "
+             "per load (CompileOptions.head_concat)"),
+    Dimension(
+        name="row_fill", title="Mapping: rows filled", axis="row filling",
+        baseline="on", requires=("row_fill",), variants=_on_off("row_fill"),
+        note="on: weight segments of consecutive output groups back to back, filling whole "
+             "rows; off: every segment starts a row (CompileOptions.row_fill)"),
     Dimension(
         name="kv_layout", title="Mapping: KV-cache layout", axis="paper KV layout",
         baseline="on", requires=("kv_layout",), variants=_on_off("kv_layout"),
-        note="KV space reserved in advance, K row-major and V column-major (off: the "
-             "alternative layout CompileOptions defines)"),
+        note="not switchable yet: without the column-major V layout score.V cannot run as a "
+             "MAC over tokens; the alternative (V read to the ASIC) is not implemented"),
     Dimension(
         name="tiling", title="Mapping: tiling", axis="tiling", baseline="on",
         requires=("tiling",), variants=_on_off("tiling"),
-        note="matrices wider than a row split into global-buffer chunks whose partial sums the "
-             "ASIC adds"),
+        note="not switchable: without tiling no matrix with more inputs than the global buffer "
+             "holds (1,024 on paper, i.e. every GPT layer) could run on the PIM at all"),
 )
 
 #: The improvement over the paper-faithful baseline (issue 6(b)): the compile option that turns

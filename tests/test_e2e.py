@@ -50,15 +50,20 @@ def _assert_bit_exact(gen, tokens, logits):
         assert diff.size == 0, f"step {step}: logits differ at {diff[:5]}"
 
 
-@pytest.mark.parametrize("overlap", [True, False], ids=["overlap", "plain"])
+#: compile options under test: the default, the plain schedule, each mapping technique off
+OPTIONS = {"default": {}, "plain": {"overlap": False}, "no-row-fill": {"row_fill": False},
+           "no-head-concat": {"head_concat": False}}
+
+
+@pytest.mark.parametrize("options", sorted(OPTIONS))
 @pytest.mark.parametrize("machine", ["paper", "tiny"])
-def test_default_model_matches_golden_bit_for_bit(machine, overlap, tmp_path):
-    """Both schedules (CompileOptions.overlap) compute the golden model's bits."""
+def test_default_model_matches_golden_bit_for_bit(machine, options, tmp_path):
+    """Every schedule and mapping (CompileOptions) computes the golden model's bits."""
     config = preset(machine)
     weights = builtin_model(DEFAULT_MODEL)
     gen, tokens, logits, report = _run_both(config, weights, [72, 101, 108, 108, 111], 8,
                                             tmp_path, max_tokens=16,
-                                            options=CompileOptions(overlap=overlap))
+                                            options=CompileOptions(**OPTIONS[options]))
     assert len(gen.generated_ids) == 8
     _assert_bit_exact(gen, tokens, logits)
     assert report.row_hit_bound > 0.5

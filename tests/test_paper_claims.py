@@ -54,3 +54,13 @@ def test_overlap_schedule_is_faster_than_the_plain_order() -> None:
                  options=CompileOptions(overlap=False))["cycles"]
     overlap = step(PAPER, "gpt2-small", POS, KV, timeline=False)["cycles"]
     assert overlap < 0.97 * plain, (overlap, plain)
+
+
+@pytest.mark.parametrize("switch", ["row_fill", "head_concat"])
+def test_each_mapping_technique_pays(switch: str) -> None:
+    """Switching one of the paper's mapping techniques off costs time and row hits."""
+    base = step(PAPER, "gpt2-small", POS, KV, timeline=False)
+    off = step(PAPER, "gpt2-small", POS, KV, timeline=False,
+               options=CompileOptions(**{switch: False}))
+    assert off["cycles"] > 1.03 * base["cycles"], (off["cycles"], base["cycles"])
+    assert off["row_hit_rate"] < base["row_hit_rate"]
