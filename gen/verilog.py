@@ -27,9 +27,11 @@ from amaranth.lib import wiring
 from pimgpt.errors import PimgptError
 from pimgpt.hdl import isa
 from pimgpt.hdl.channel import GEN_ARRAY_ROWS, ChannelPim
+from pimgpt.hdl.controller import Controller
 from pimgpt.hdl.mac import BankMac
 from pimgpt.hdl.params import MachineConfig
 from pimgpt.hdl.sequencer import ChannelSequencer
+from pimgpt.hdl.top import PimGptTop
 from pimgpt.hdl.vector import VectorUnit
 
 __all__ = ["BLOCKS", "block_names", "generate", "manifest_json", "write_verilog",
@@ -45,6 +47,9 @@ BLOCKS: dict[str, Callable[[MachineConfig], wiring.Component]] = {
     "channel_pim": lambda config: ChannelPim(
         config, array_rows=min(config.geometry.rows, GEN_ARRAY_ROWS)),
     "vector_unit": lambda config: VectorUnit(config),
+    "controller": lambda config: Controller(config),
+    # the whole machine; its channels model GEN_ARRAY_ROWS rows, as channel_pim does
+    "top": lambda config: PimGptTop(config, array_rows=min(config.geometry.rows, GEN_ARRAY_ROWS)),
 }
 
 #: Manifest layout version; bump when a key changes meaning.
@@ -164,6 +169,10 @@ def generate(config: MachineConfig, block: str) -> tuple[str, dict[str, Any]]:
     latency = getattr(component, "latency", None)
     if isinstance(latency, int):
         manifest["latency"] = latency
+    # block-specific facts (the top's counter addresses, ...): new keys only, never overriding
+    extra = getattr(component, "manifest_extra", None)
+    if isinstance(extra, dict):
+        manifest.update({k: v for k, v in extra.items() if k not in manifest})
     return text, manifest
 
 

@@ -38,6 +38,7 @@ from pimgpt.hdl.isa import Opcode as Op
 from pimgpt.hdl.params import MachineConfig, ns_to_cycles
 from pimgpt.hdl.timing import (ALL_BANK_CMDS, FAW, REFRESH, RULE_CMDS, RULES, DramCmd, Scope,
                                bank_group, rule_cmd)
+from pimgpt.hdl.controller import dispatch_step
 from pimgpt.hdl.vector import op_latency
 from pimgpt.mapping.pimbin import PimBinary
 from pimgpt.sim.scalar import SCALAR_EXEC, exec_scalar, set_reg
@@ -225,7 +226,7 @@ class CycleSimulator:
     def __init__(self, config: MachineConfig, *, fast: bool = True, trace: bool = False,
                  timeline: bool = False):
         self.cfg = config
-        g, clk, a = config.geometry, config.clocks, config.asic
+        g, clk = config.geometry, config.clocks
         self.fast = fast
         self.trace: list[TraceEntry] | None = [] if trace else None
         self.intervals: list[Interval] | None = [] if timeline else None
@@ -255,7 +256,7 @@ class CycleSimulator:
         self.wrgb_latency = cyc("tCWL_GB") + cyc("tBL")
         self.wr_latency = cyc("tCWL") + cyc("tBL")
         self.asic_ns = 1000.0 / clk.asic_mhz
-        self.dispatch_step = self.asic_cycles(a.issue_cycles)
+        self.dispatch_step = dispatch_step(config)  # the RTL controller's own figure
         self.counters: Counter = Counter()
         self.channels = [_Channel(self, c) for c in range(self.nc)]
         self.vec_free = 0
