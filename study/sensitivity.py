@@ -116,14 +116,19 @@ DIMENSIONS: tuple[Dimension, ...] = (
     Dimension(
         name="head_concat", title="Mapping: head concatenation", axis="head concatenation",
         baseline="on", requires=("head_concat",), variants=_on_off("head_concat"),
+        # without the technique GPT2-XL's KV cache no longer fits the 4 GiB paper machine
+        max_model="gpt2-large",
         note="on: a token's K heads side by side in its record and as many q heads as the "
              "global buffer holds per load; off: every K head in a row of its own and one q head "
-             "per load (CompileOptions.head_concat)"),
+             "per load (CompileOptions.head_concat; GPT2-XL does not fit the machine without "
+             "it)"),
     Dimension(
         name="row_fill", title="Mapping: rows filled", axis="row filling",
         baseline="on", requires=("row_fill",), variants=_on_off("row_fill"),
+        max_model="gpt2-large",  # GPT2-XL does not fit the paper machine without row filling
         note="on: weight segments of consecutive output groups back to back, filling whole "
-             "rows; off: every segment starts a row (CompileOptions.row_fill)"),
+             "rows; off: every segment starts a row (CompileOptions.row_fill; GPT2-XL does not "
+             "fit the machine without it)"),
     Dimension(
         name="kv_layout", title="Mapping: KV-cache layout", axis="paper KV layout",
         baseline="on", requires=("kv_layout",), variants=_on_off("kv_layout"),
