@@ -129,23 +129,6 @@ def interpolation_weights(positions: Sequence[int]) -> list[float]:
     return [float(np.interp(xs, ps, eye[i]).mean()) for i in range(len(ps))]
 
 
-def _union(spans: list[tuple[int, int]], lo: int, hi: int) -> int:
-    """Cycles of [lo, hi) covered by at least one span."""
-    total, cur_s, cur_e = 0, None, None
-    for s, e in sorted((max(s, lo), min(e, hi)) for s, e in spans):
-        if e <= s:
-            continue
-        if cur_e is None or s > cur_e:
-            if cur_e is not None:
-                total += cur_e - cur_s
-            cur_s, cur_e = s, e
-        elif e > cur_e:
-            cur_e = e
-    if cur_e is not None:
-        total += cur_e - cur_s
-    return total
-
-
 def run_point(point: Mapping[str, Any]) -> dict[str, Any]:
     """Measure one point; never raises for bad machines or models (the error is the result).
 
@@ -172,9 +155,10 @@ def _measure(point: Mapping[str, Any]) -> tuple[list[dict[str, Any]], dict[str, 
     from pimgpt.mapping.compiler import compile_model
     from pimgpt.sim.cycle import CycleSimulator
     from pimgpt.sim.energy import EnergyModel, energy
-    # counter_events turns simulator counters into energy events exactly as SimReport does; sharing it
-    # keeps the study's energy identical to 'pimgpt simulate' (no second copy of that mapping).
+    # counter_events turns simulator counters into energy events exactly as SimReport does;
+    # sharing it keeps the study's energy identical to 'pimgpt simulate'
     from pimgpt.sim.report import counter_events
+    from pimgpt.sim.shares import union_length
 
     config = apply_overrides(point["base"], point["overrides"])
     kwargs = compile_kwargs(point["options"])
@@ -192,10 +176,10 @@ def _measure(point: Mapping[str, Any]) -> tuple[list[dict[str, Any]], dict[str, 
         by_kind: dict[str, list[tuple[int, int]]] = {k: [] for k in SHARE_KINDS}
         for iv in spans:
             by_kind.setdefault(iv.kind, []).append((iv.start, iv.end))
-        busy = {SHARE_KINDS[k]: _union(by_kind[k], st.start, st.end) for k in SHARE_KINDS}
-        busy["any"] = _union([(iv.start, iv.end) for iv in spans], st.start, st.end)
+        busy = {SHARE_KINDS[k]: union_length(by_kind[k], st.start, st.end) for k in SHARE_KINDS}
+        busy["any"] = union_length([(iv.start, iv.end) for iv in spans], st.start, st.end)
         # the ASIC working while no channel does: the part of the token PIM does not hide
-        busy["asic_only"] = busy["any"] - _union(
+        busy["asic_only"] = busy["any"] - union_length(
             [(iv.start, iv.end) for iv in spans if iv.unit.startswith("ch")], st.start, st.end)
         spans.clear()
         e = energy(counter_events(st.counters, config, st.cycles), emodel)

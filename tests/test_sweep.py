@@ -184,8 +184,7 @@ def test_read_done_rejects_foreign_lines(tmp_path):
 
 def test_compile_option_axis(tmp_path, capsys):
     from pimgpt.study.points import options_available
-    if not options_available(["overlap"]):
-        pytest.skip("the compiler has no 'overlap' option")
+    assert options_available(["overlap"])
     grid = _grid(tmp_path, 'model = "tiny"\nmax_tokens = 128\npositions = [127]\n'
                            '[grid]\n"options.overlap" = [false, true]\n')
     res = _sweep([str(grid), "--out", str(tmp_path / "o"), "--jobs", "1"], capsys)
