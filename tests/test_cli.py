@@ -709,8 +709,9 @@ def test_no_overlap_compiles_the_plain_order(tmp_path, capsys):
                      *flag]) == 0
         outs[bool(flag)] = read_pimbin(path)
     capsys.readouterr()
-    assert outs[False].meta["options"] == {"overlap": True}
-    assert outs[True].meta["options"] == {"overlap": False}
+    default = {"overlap": True, "row_fill": True, "head_concat": True}
+    assert outs[False].meta["options"] == default
+    assert outs[True].meta["options"] == {**default, "overlap": False}
     assert outs[False].code != outs[True].code
     assert np.array_equal(outs[False].image, outs[True].image)
     for flag in ([], ["--no-overlap"]):
@@ -719,3 +720,15 @@ def test_no_overlap_compiles_the_plain_order(tmp_path, capsys):
         outs[("sim", bool(flag))] = json.loads(capsys.readouterr().out)
     assert outs[("sim", False)]["generated_ids"] == outs[("sim", True)]["generated_ids"]
     assert outs[("sim", False)]["total_cycles"] < outs[("sim", True)]["total_cycles"]
+
+
+@pytest.mark.parametrize("flag,option", [("--no-row-fill", "row_fill"),
+                                         ("--no-head-concat", "head_concat")])
+def test_mapping_switches_are_recorded(tmp_path, capsys, flag, option):
+    path = tmp_path / "m.pimbin"
+    assert main(["compile", "--model", DEFAULT_MODEL, "--max-tokens", "16", "-o", str(path),
+                 flag]) == 0
+    capsys.readouterr()
+    options = read_pimbin(path).meta["options"]
+    assert options[option] is False
+    assert all(v is True for k, v in options.items() if k != option)
