@@ -384,7 +384,7 @@ class Compiler:
 
     def _attention(self, layer: int, after_scores: Callable[[], None]) -> None:
         """One layer's attention; ``after_scores`` emits channel work that may run while the
-        ASIC computes softmax (overlap mode; otherwise it is emitted first)."""
+        ASIC computes the last head group's softmax (called in overlap mode only)."""
         s, e = self.spec, self.e
         overlap = self.opts.overlap
         d, H, dh = s.d_model, s.n_head, s.d_head
