@@ -240,58 +240,73 @@ class Bf16MulF32(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        W, FB = BFLOAT16.width, BFLOAT16.frac_bits
-        PW = 2 * (FB + 1)  # product width
-        SIG32 = BINARY32.frac_bits + 1
-        EXT = SIG32 + 2  # significand, guard bit and one sticky position
-        # value = 1.f * 2^(ea + eb - bias + 1 - lz) for a nonzero product with lz leading zeros
-        # (subnormal operands count with exponent 1); e_off is that biased binary32 exponent
-        # plus OFF, never negative
-        OFF = BFLOAT16.bias - 1 + PW - 1
-        passed = ("spec", "spec_y", "sign")
-
-        # --- specials, significand product, exponent sum --------------------------------------
-        a, b = self.a, self.b
-        mag_a, mag_b = a[:W - 1], b[:W - 1]
-        a_inf, b_inf = mag_a == BFLOAT16.inf_mag, mag_b == BFLOAT16.inf_mag
-        a_zero, b_zero = mag_a == 0, mag_b == 0
-        nan = ((mag_a > BFLOAT16.inf_mag) | (mag_b > BFLOAT16.inf_mag) | (a_inf & b_zero)
-               | (b_inf & a_zero))
-        sign = a[W - 1] ^ b[W - 1]
-        ea, eb = a[FB:W - 1], b[FB:W - 1]
-        s1 = _step(m, "product",
-                   spec=nan | a_inf | b_inf | a_zero | b_zero,
-                   spec_y=Mux(nan, CANON_NAN_F32,
-                              Cat(Mux(a_inf | b_inf, _INF_MAG, 0)[:BINARY32.width - 1], sign)),
-                   sign=sign,
-                   prod=(Cat(a[:FB], ea != 0) * Cat(b[:FB], eb != 0), PW),
-                   e_sum=Mux(ea == 0, 1, ea) + Mux(eb == 0, 1, eb))
-        s2 = _step(m, "lzc", **_carry(s1, *passed, "prod", "e_sum"),
-                   lz=(_lzc(s1.prod, PW), range(PW + 1)))
-
-        # --- normalise; below the smallest normal, the shift onto the subnormal grid --------
-        e_off = (s2.e_sum + (PW - 1) - s2.lz)[:BFLOAT16.exp_bits + 2]
-        normal = e_off > OFF
-        s3 = _step(m, "norm", **_carry(s2, *passed),
-                   wide=(Cat(Const(0, EXT - PW), (s2.prod << s2.lz)[:PW]), EXT),
-                   under=(Mux(normal, 0, Mux(e_off + EXT <= OFF + 1, EXT, OFF + 1 - e_off)),
-                          range(EXT + 1)),
-                   exp_field=(Mux(normal, e_off - OFF, 0), BINARY32.exp_bits),
-                   overflow=e_off >= OFF + BINARY32.exp_max)
-        lost = (s3.wide & ((Const(1, EXT + 1) << s3.under) - 1)[:EXT]).any()
-        s4 = _step(m, "denorm", **_carry(s3, *passed, "exp_field", "overflow"),
-                   shifted=(s3.wide >> s3.under, EXT), lost=lost)
-
-        # --- round to nearest even (only subnormal results round), pack, select -------------
-        sh = s4.shifted
-        mag = _round_pack(sh[2:], guard=sh[1], sticky=sh[0] | s4.lost, exp_field=s4.exp_field)
-        with m.If(s4.spec):
-            m.d.comb += self.y.eq(s4.spec_y)
-        with m.Elif(s4.overflow):
-            m.d.comb += self.y.eq(Cat(_INF_MAG, s4.sign))
-        with m.Else():
-            m.d.comb += self.y.eq(Cat(mag, s4.sign))
+        _multiply(m, self.a, self.b, BFLOAT16, self.y)
         return m
+
+
+def _multiply(m: Module, a: Value, b: Value, fmt: FloatFormat, y: Value) -> None:
+    """``y = a ⊗ b`` rounded to binary32 for operands in ``fmt`` (BF16 or binary32), in ``m``.
+
+    The significand product (subnormal operands without the hidden bit) is normalised by its
+    leading-zero count; a product wider than the binary32 significand plus guard folds the bits
+    below the guard into one sticky bit; a result below the smallest normal is shifted onto the
+    subnormal grid before the single rounding (ties to even). Overflow gives ±Inf; ``0 x Inf``
+    and NaN operands give ``0x7FC00000``.
+    """
+    W, FB = fmt.width, fmt.frac_bits
+    PW = 2 * (FB + 1)  # product width
+    EXT = BINARY32.frac_bits + 3  # binary32 significand, guard bit and one sticky position
+    # value = 1.f * 2^(ea + eb - 2 bias - 2 FB + PW - 1 - lz) for a nonzero product with lz
+    # leading zeros (subnormal operands count with exponent 1); e_off is that biased binary32
+    # exponent plus OFF, never negative
+    OFF = fmt.bias - 1 + PW - 1
+    passed = ("spec", "spec_y", "sign")
+
+    # --- specials, significand product, exponent sum ------------------------------------------
+    mag_a, mag_b = a[:W - 1], b[:W - 1]
+    a_inf, b_inf = mag_a == fmt.inf_mag, mag_b == fmt.inf_mag
+    a_zero, b_zero = mag_a == 0, mag_b == 0
+    nan = ((mag_a > fmt.inf_mag) | (mag_b > fmt.inf_mag) | (a_inf & b_zero)
+           | (b_inf & a_zero))
+    sign = a[W - 1] ^ b[W - 1]
+    ea, eb = a[FB:W - 1], b[FB:W - 1]
+    s1 = _step(m, "product",
+               spec=nan | a_inf | b_inf | a_zero | b_zero,
+               spec_y=Mux(nan, CANON_NAN_F32,
+                          Cat(Mux(a_inf | b_inf, _INF_MAG, 0)[:BINARY32.width - 1], sign)),
+               sign=sign,
+               prod=(Cat(a[:FB], ea != 0) * Cat(b[:FB], eb != 0), PW),
+               e_sum=Mux(ea == 0, 1, ea) + Mux(eb == 0, 1, eb))
+    s2 = _step(m, "lzc", **_carry(s1, *passed, "prod", "e_sum"),
+               lz=(_lzc(s1.prod, PW), range(PW + 1)))
+
+    # --- normalise; below the smallest normal, the shift onto the subnormal grid ------------
+    e_off = (s2.e_sum + (PW - 1) - s2.lz)[:fmt.exp_bits + 2]
+    normal = e_off > OFF
+    top = (s2.prod << s2.lz)[:PW]
+    if PW <= EXT:  # a BF16 product fits: nothing to fold
+        wide = Cat(Const(0, EXT - PW), top)
+    else:  # the bits below the guard position fold into one sticky bit
+        wide = Cat(top[PW - EXT] | top[:PW - EXT].any(), top[PW - EXT + 1:])
+    s3 = _step(m, "norm", **_carry(s2, *passed),
+               wide=(wide, EXT),
+               under=(Mux(normal, 0, Mux(e_off + EXT <= OFF + 1, EXT, OFF + 1 - e_off)),
+                      range(EXT + 1)),
+               exp_field=(Mux(normal, e_off - OFF, 0), BINARY32.exp_bits),
+               overflow=e_off >= OFF + BINARY32.exp_max)
+    lost = (s3.wide & ((Const(1, EXT + 1) << s3.under) - 1)[:EXT]).any()
+    s4 = _step(m, "denorm", **_carry(s3, *passed, "exp_field", "overflow"),
+               shifted=(s3.wide >> s3.under, EXT), lost=lost)
+
+    # --- round to nearest even, pack, select ------------------------------------------------
+    sh = s4.shifted
+    mag = _round_pack(sh[2:], guard=sh[1], sticky=sh[0] | s4.lost, exp_field=s4.exp_field)
+    with m.If(s4.spec):
+        m.d.comb += y.eq(s4.spec_y)
+    with m.Elif(s4.overflow):
+        m.d.comb += y.eq(Cat(_INF_MAG, s4.sign))
+    with m.Else():
+        m.d.comb += y.eq(Cat(mag, s4.sign))
 
 
 class F32ToBf16(wiring.Component):
@@ -347,58 +362,5 @@ class F32Mul(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        W, FB = BINARY32.width, BINARY32.frac_bits
-        SIG = FB + 1
-        PW = 2 * SIG  # product width
-        EXT = SIG + 2  # significand, guard bit and one sticky position
-        # value = 1.f * 2^(ea + eb - 2 bias - 2 FB + PW - 1 - lz) for a nonzero product with lz
-        # leading zeros (subnormal operands count with exponent 1); e_off is that biased
-        # exponent plus OFF, never negative
-        OFF = BINARY32.bias - 1 + PW - 1
-        EOFF_BITS = BINARY32.exp_bits + 2
-        passed = ("spec", "spec_y", "sign")
-
-        # --- specials, significand product, exponent sum --------------------------------------
-        a, b = self.a, self.b
-        mag_a, mag_b = a[:W - 1], b[:W - 1]
-        a_inf, b_inf = mag_a == BINARY32.inf_mag, mag_b == BINARY32.inf_mag
-        a_zero, b_zero = mag_a == 0, mag_b == 0
-        nan = ((mag_a > BINARY32.inf_mag) | (mag_b > BINARY32.inf_mag) | (a_inf & b_zero)
-               | (b_inf & a_zero))
-        sign = a[W - 1] ^ b[W - 1]
-        ea, eb = a[FB:W - 1], b[FB:W - 1]
-        s1 = _step(m, "product",
-                   spec=nan | a_inf | b_inf | a_zero | b_zero,
-                   spec_y=Mux(nan, CANON_NAN_F32,
-                              Cat(Mux(a_inf | b_inf, _INF_MAG, 0)[:W - 1], sign)),
-                   sign=sign,
-                   prod=(Cat(a[:FB], ea != 0) * Cat(b[:FB], eb != 0), PW),
-                   e_sum=Mux(ea == 0, 1, ea) + Mux(eb == 0, 1, eb))
-        s2 = _step(m, "lzc", **_carry(s1, *passed, "prod", "e_sum"),
-                   lz=(_lzc(s1.prod, PW), range(PW + 1)))
-
-        # --- normalise (bits below the guard position fold into one sticky bit); below the
-        # smallest normal, the shift onto the subnormal grid
-        e_off = (s2.e_sum + (PW - 1) - s2.lz)[:EOFF_BITS]
-        normal = e_off > OFF
-        top = (s2.prod << s2.lz)[:PW]
-        s3 = _step(m, "norm", **_carry(s2, *passed),
-                   wide=(Cat(top[PW - EXT] | top[:PW - EXT].any(), top[PW - EXT + 1:]), EXT),
-                   under=(Mux(normal, 0, Mux(e_off + EXT <= OFF + 1, EXT, OFF + 1 - e_off)),
-                          range(EXT + 1)),
-                   exp_field=(Mux(normal, e_off - OFF, 0), BINARY32.exp_bits),
-                   overflow=e_off >= OFF + BINARY32.exp_max)
-        lost = (s3.wide & ((Const(1, EXT + 1) << s3.under) - 1)[:EXT]).any()
-        s4 = _step(m, "denorm", **_carry(s3, *passed, "exp_field", "overflow"),
-                   shifted=(s3.wide >> s3.under, EXT), lost=lost)
-
-        # --- round to nearest even, pack, select ----------------------------------------------
-        sh = s4.shifted
-        mag = _round_pack(sh[2:], guard=sh[1], sticky=sh[0] | s4.lost, exp_field=s4.exp_field)
-        with m.If(s4.spec):
-            m.d.comb += self.y.eq(s4.spec_y)
-        with m.Elif(s4.overflow):
-            m.d.comb += self.y.eq(Cat(_INF_MAG, s4.sign))
-        with m.Else():
-            m.d.comb += self.y.eq(Cat(mag, s4.sign))
+        _multiply(m, self.a, self.b, BINARY32, self.y)
         return m
