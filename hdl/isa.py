@@ -25,10 +25,22 @@ from amaranth.lib import data, enum
 from pimgpt.errors import PimgptError
 
 #: Bump on any change to opcodes, formats or semantics; it is part of :data:`ISA_HASH`.
-ISA_VERSION = 1
+#: Version 2: 32-bit channel mask and 160-bit instruction words (version 1: 16 and 128).
+ISA_VERSION = 2
 
 #: Width of one encoded instruction in bits and bytes (little-endian in ``.pimbin``).
-WORD_BITS = 128
+#:
+#: The widest format (PIM: opcode + 32-bit channel mask + operands) needs 138 bits. 160 is the
+#: smallest multiple of 32 bits that holds it. The alternative, keeping 128-bit words by
+#: narrowing other fields, would have cost machines that are valid today: the 10 bits missing
+#: would have to come out of the bank address (28 bits, banks of up to 512 MiB: a 2-channel
+#: machine that holds GPT2-XL needs ~100 MiB banks, 26 bits), the bank number (12 bits: 32
+#: channels x 128 banks), the global-buffer column (10 bits) or the counts (16 bits; a WR_GB
+#: of a whole 2 KiB buffer is 64 columns, a RD_BANK of a GPT-3 XL FFN vector 8,192 elements),
+#: each of which the parameter validation already uses as a machine limit. A wider word costs
+#: instruction memory only (25 % more code bytes) and leaves 22 reserved bits for later
+#: operands.
+WORD_BITS = 160
 WORD_BYTES = WORD_BITS // 8
 
 #: Scalar register file of the ASIC controller (32-bit, two's complement; r0 reads as zero).
@@ -46,7 +58,7 @@ _BANK_ADDR_BITS = 28
 _BANK_BITS = 12
 _GB_BITS = 10
 _COUNT_BITS = 16
-_CHMASK_BITS = 16
+_CHMASK_BITS = 32  # up to 32 channels (the study's channel sweep goes 2..32)
 
 MAX_CHANNELS = _CHMASK_BITS
 MAX_BANKS = 1 << _BANK_BITS
@@ -195,6 +207,7 @@ _OPCODES_BY_VALUE = {op.value: op for op in Opcode}
 _FORMAT_WIDTH = {fmt: Instr.as_shape()["body"].offset + Body.as_shape()[fmt].shape.as_shape().size
                  for fmt in FIELDS}
 assert Instr.as_shape().size <= WORD_BITS
+_HEX = WORD_BITS // 4  # hex digits of a whole word (error messages)
 
 
 @dataclass(frozen=True)
@@ -260,10 +273,10 @@ def decode(word: int) -> Instruction:
     opval = word & ((1 << _OPCODE_WIDTH) - 1)
     op = _OPCODES_BY_VALUE.get(opval)
     if op is None:
-        raise PimgptError(f"invalid instruction word 0x{word:032x}: unknown opcode {opval}")
+        raise PimgptError(f"invalid instruction word 0x{word:0{_HEX}x}: unknown opcode {opval}")
     fmt = format_of(op)
     if word >> _FORMAT_WIDTH[fmt]:
-        raise PimgptError(f"invalid instruction word 0x{word:032x}: reserved bits of a "
+        raise PimgptError(f"invalid instruction word 0x{word:0{_HEX}x}: reserved bits of a "
                           f"{op.name} instruction are not zero")
     args = {}
     for spec in FIELDS[fmt]:

@@ -268,6 +268,17 @@ def render() -> str:
         "reserved and must be zero; the decoder rejects unknown opcodes and non-zero reserved "
         "bits.",
         "",
+        f"Why {isa.WORD_BITS} bits: the widest format (pim, with its {isa.MAX_CHANNELS}-bit "
+        f"channel mask for up to {isa.MAX_CHANNELS} channels) needs "
+        f"{max(isa._FORMAT_WIDTH.values())} bits, and {isa.WORD_BITS} is the smallest multiple "
+        "of 32 that holds it. Keeping 128-bit words would have meant narrowing other fields "
+        "(bank address, bank number, buffer column or counts), and each of those widths is "
+        "already a machine limit the parameter validation enforces (bank size, banks, buffer "
+        "size, transfer length), so narrowing them would reject machines that are valid now; "
+        "the wider word costs only instruction memory. ISA version 1 had 128-bit words and a "
+        "16-bit mask; `.pimbin` files of that ISA (format version 1) are refused with a request "
+        "to recompile.",
+        "",
         "## Register conventions",
         "",
         f"- `r{isa.REG_POS}`: position of the token being processed, set by the host before "

@@ -231,7 +231,7 @@ class Asic:
 
     vector_lanes: int  # fp32 lanes of the vector unit; also fixes the reduction order
     vmem_words: int  # fp32 words of vector memory
-    imem_words: int  # instruction memory (128-bit words) of the controller
+    imem_words: int  # instruction memory (isa.WORD_BITS-bit words) of the controller
     issue_cycles: int = 1  # controller cycles to fetch, decode and dispatch one instruction
     vec_latency: int = 4  # adder/multiplier pipeline depth
     exp_cycles: int = 24  # vexp: 12 dependent multiplies and 12 adds

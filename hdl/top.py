@@ -130,7 +130,7 @@ class PimGptTop(wiring.Component):
     ----------
     start, done, running, error : the run (``error``: the controller refused an instruction, a
         channel saw a protocol error, or a move exceeded the staging buffer).
-    imem_we, imem_addr, imem_wdata : load the program (one 128-bit word per cycle).
+    imem_we, imem_addr, imem_wdata : load the program (one isa.WORD_BITS-bit word per cycle).
     reg_we, reg_addr, reg_wdata, reg_rdata : scalar registers (while not running).
     vmem_we, vmem_addr, vmem_wdata, vmem_rdata : vector memory, one word per ASIC cycle while
         idle (``vmem_rdata``: the word addressed at the previous ASIC edge).

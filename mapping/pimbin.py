@@ -8,7 +8,7 @@ little-endian)::
 
     offset  size       field
     0       8          magic  b"\\x89PIMGPT\\n"
-    8       4          u32 format version (FORMAT_VERSION = 1)
+    8       4          u32 format version (FORMAT_VERSION = 2)
     12      32         ISA hash (raw SHA-256 bytes of pimgpt.hdl.isa.ISA_HASH)
     44      32         config hash (raw SHA-256 bytes of MachineConfig.hash)
     76      4          u32 section count S
@@ -21,7 +21,7 @@ reader checks it. Every section but ``IMAG`` carries one; the image can be gigab
 memory-mapped instead of read. Sections, in file order:
 
 ``META``  UTF-8 JSON object ``{"config": MachineConfig.to_dict(), "meta": PimBinary.meta}``.
-``CODE``  :func:`pimgpt.hdl.isa.encode_program`: 16-byte instruction words.
+``CODE``  :func:`pimgpt.hdl.isa.encode_program`: 20-byte (``isa.WORD_BYTES``) instruction words.
 ``SYMS``  UTF-8 JSON array: :attr:`PimBinary.symbols`.
 ``CNST``  u32 count, then per constant: u32 vmem word address, u32 n, n binary32 values.
 ``IMAG``  u32 banks, u64 n_elems, then banks x n_elems uint16 BF16 bit patterns, row-major
@@ -50,7 +50,9 @@ from pimgpt.hdl.isa import Instruction
 from pimgpt.hdl.params import MachineConfig
 
 MAGIC = b"\x89PIMGPT\n"  # the high byte and the newline catch 7-bit and text-mode transfers
-FORMAT_VERSION = 1
+#: 2: 20-byte instruction words (ISA version 2, 32-bit channel mask); 1: 16-byte words.
+#: A file of another version is refused with one error asking to recompile it.
+FORMAT_VERSION = 2
 ALIGN = 64
 FLAG_CRC = 1
 

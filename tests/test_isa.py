@@ -82,8 +82,21 @@ def test_decode_rejects_nonzero_reserved_bits(op, data):
 
 
 def test_decode_program_rejects_partial_word():
-    with pytest.raises(PimgptError, match="not a multiple of 16"):
-        isa.decode_program(b"\0" * 17)
+    with pytest.raises(PimgptError, match="not a multiple of 20"):
+        isa.decode_program(b"\0" * 21)
+    with pytest.raises(PimgptError, match="not a multiple of 20"):
+        isa.decode_program(b"\0" * 16)  # one ISA-1 (128-bit) word
+
+
+def test_word_holds_a_32_channel_mask():
+    assert isa.MAX_CHANNELS == 32 and isa.WORD_BITS == 160 and isa.WORD_BYTES == 20
+    assert isa.Instr.as_shape().size <= isa.WORD_BITS
+    instr = isa.make(Opcode.MAC_ABK, ch_mask=0xFFFFFFFF, addr=(1 << 28) - 16, gb=1023, n=64)
+    word = isa.encode(instr)
+    assert word.bit_length() <= isa.WORD_BITS and isa.decode(word) == instr
+    assert isa.decode(word).ch_mask == 0xFFFFFFFF
+    with pytest.raises(PimgptError, match=r"ch_mask=4294967296 is out of range"):
+        isa.make(Opcode.WR_GB, ch_mask=1 << 32)
 
 
 @pytest.mark.parametrize(("op", "args", "message"), [

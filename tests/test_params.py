@@ -67,8 +67,10 @@ def test_timing_validation_messages(change, message):
 
 
 def test_isa_limits_are_enforced():
-    with pytest.raises(PimgptError, match="geometry.channels = 32 exceeds the ISA's limit of 16"):
-        PAPER.replace(geometry=dataclasses.replace(PAPER.geometry, channels=32))
+    assert PAPER.replace(geometry=dataclasses.replace(PAPER.geometry, channels=32)) \
+        .geometry.banks == 512
+    with pytest.raises(PimgptError, match="geometry.channels = 64 exceeds the ISA's limit of 32"):
+        PAPER.replace(geometry=dataclasses.replace(PAPER.geometry, channels=64))
 
 
 def test_unknown_preset():

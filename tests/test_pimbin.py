@@ -25,6 +25,7 @@ def _program() -> list[isa.Instruction]:
     return [
         isa.make(Opcode.SLI, rd=4, imm=-7),
         isa.make(Opcode.MAC_ABK, ch_mask=0b11, addr=1024, addr_reg=1, gb=2, n=48, n_reg=5),
+        isa.make(Opcode.WR_GB, ch_mask=0x80000001, gb=1, n=2, vaddr=8),  # channel 31
         isa.make(Opcode.RD_MAC, ch_mask=3, vaddr=256, vaddr_reg=4),
         isa.make(Opcode.VMULI, dst=1, a=2, n=16, imm=0x3E000000),
         isa.make(Opcode.BLT, rs=4, rt=6, imm=1),
@@ -186,11 +187,30 @@ def test_bad_magic(tmp_path, content):
         read_pimbin(path)
 
 
-def test_unsupported_version(good):
-    _patch(good, 8, struct.pack("<I", 2))
-    with pytest.raises(PimgptError, match=r"good\.pimbin has \.pimbin format version 2; this "
-                                          r"pimgpt reads version 1 only"):
+@pytest.mark.parametrize("version", [1, 3])
+def test_unsupported_version(good, version):
+    # version 1: the 16-byte instruction words of ISA version 1 (16-channel mask)
+    assert pimbin.FORMAT_VERSION == 2
+    _patch(good, 8, struct.pack("<I", version))
+    with pytest.raises(PimgptError, match=rf"^\S*good\.pimbin has \.pimbin format version "
+                                          rf"{version}; this pimgpt reads version 2 only "
+                                          rf"\(recompile it\)$"):
         read_pimbin(good)
+    with pytest.raises(PimgptError, match=rf"format version {version}"):
+        read_header(good)
+
+
+def test_a_version_1_file_gives_one_clear_error(tmp_path, capsys):
+    """A whole version-1 file (16-byte words, old ISA hash): the version is named first, on one
+    line, by the CLI too."""
+    from pimgpt.cli import main
+    path = tmp_path / "old.pimbin"
+    write_pimbin(path, _binary())
+    _patch(path, 8, struct.pack("<I", 1))
+    _patch(path, 12, bytes(32))
+    assert main(["disasm", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "format version 1; this pimgpt reads version 2 only" in err
 
 
 def test_isa_hash_mismatch(good):

@@ -29,7 +29,7 @@ base = "paper"
 max_tokens = 128
 positions = [0, 127]
 [grid]
-"geometry.channels" = [2, 8, 32]
+"geometry.channels" = [2, 8, 64]
 "clocks.asic_mhz" = [100.0, 1000.0]
 """
 
@@ -105,7 +105,7 @@ def test_parallel_sweep(tmp_path, capsys):
     assert len(lines) == 7
     by = {(r["label"]["geometry.channels"], r["label"]["clocks.asic_mhz"]): r
           for r in res["results"]}
-    assert "exceeds the ISA's limit" in by[(32, 100.0)]["error"]
+    assert "exceeds the ISA's limit" in by[(64, 100.0)]["error"]
     lat = {k: r["summary"]["latency_us"] for k, r in by.items() if r["status"] == "ok"}
     assert lat[(2, 100.0)] > lat[(2, 1000.0)]  # a slower ASIC is slower
     assert lat[(2, 1000.0)] > lat[(8, 1000.0)]  # more channels are faster
@@ -156,7 +156,7 @@ def test_killed_sweep_resumes(tmp_path, capsys):
 @pytest.mark.filterwarnings("ignore")
 def test_dask_scheduler(tmp_path, capsys):
     distributed = pytest.importorskip("distributed")
-    grid = _grid(tmp_path, FAST_GRID.replace("[2, 8, 32]", "[2, 8]"))
+    grid = _grid(tmp_path, FAST_GRID.replace("[2, 8, 64]", "[2, 8]"))
     local = tmp_path / "local"
     _sweep([str(grid), "--out", str(local), "--jobs", "1"], capsys)
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
