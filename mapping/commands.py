@@ -50,7 +50,8 @@ def compile_options(args: argparse.Namespace):
     from pimgpt.mapping.compiler import CompileOptions
     return CompileOptions(overlap=not getattr(args, "no_overlap", False),
                           row_fill=not getattr(args, "no_row_fill", False),
-                          head_concat=not getattr(args, "no_head_concat", False))
+                          head_concat=not getattr(args, "no_head_concat", False),
+                          kv_layout=not getattr(args, "no_kv_layout", False))
 
 
 def _check_positive(name: str, value: int | None, allow_zero: bool = False) -> None:

@@ -96,6 +96,10 @@ class CompileOptions:
     #: q heads as the global buffer holds in one load for the scores (off: every K head in a
     #: row of its own, one q head per load)
     head_concat: bool = True
+    #: the paper's KV layout: K row-major, V column-major (a row holds one feature over many
+    #: tokens), so score.V is a MAC over tokens on the banks (off: V row-major like K, read to
+    #: the ASIC, whose vector unit forms score.V in the MAC's order, bit-identical)
+    kv_layout: bool = True
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -209,8 +213,15 @@ class Compiler:
                                     g.row_elems, self.lanes, concat)
         vsize = VPlacement.size_for(s.n_head, s.d_head, self.nc, self.nb, g.row_elems,
                                     tokens_per_vrow, self.max_tokens)
+        # V row-major (kv_layout off): placed like K, for every token a block of `lanes`
+        # tokens reads (the last block may run past the last position)
+        vrow = not self.opts.kv_layout
+        if vrow:
+            vsize = KPlacement.size_for(round_up(self.max_tokens, self.lanes), s.n_head,
+                                        s.d_head, self.banks, g.row_elems, self.lanes, concat)
         self.kp: list[KPlacement] = []
         self.vp: list[VPlacement] = []
+        self.vkp: list[KPlacement] = []
         for i in range(L):
             kr = self.dram.alloc(f"h.{i}.k_cache", "k_cache", ksize,
                                  used=ceil_div(self.max_tokens, self.banks) * d)
@@ -218,8 +229,20 @@ class Compiler:
                                       self.lanes, concat))
             vr = self.dram.alloc(f"h.{i}.v_cache", "v_cache", vsize,
                                  used=ceil_div(self.max_tokens * d, self.banks))
-            self.vp.append(VPlacement(vr, s.n_head, s.d_head, self.nc, self.nb, g.row_elems,
-                                      tokens_per_vrow, self.max_tokens))
+            if vrow:
+                self.vkp.append(KPlacement(vr, s.n_head, s.d_head, self.banks, g.row_elems,
+                                           self.lanes, concat))
+            else:
+                self.vp.append(VPlacement(vr, s.n_head, s.d_head, self.nc, self.nb, g.row_elems,
+                                          tokens_per_vrow, self.max_tokens))
+        if vrow and L:
+            # BF16 rounding by a trip through a bank (the ASIC has no BF16 rounding of its
+            # own): each head's probabilities (head h in bank h % banks) and the score.V sums
+            self.mt_pad = round_up(self.max_tokens, self.lanes)
+            self.p_rounds = ceil_div(s.n_head, self.banks)
+            dp = s.n_head * self.kp[0].dhp
+            self.v_scratch = self.dram.alloc("v_round", "scratch",
+                                             self.p_rounds * self.mt_pad + dp, used=0)
         self.dram.check_capacity(f"model {s.name} with a {self.max_tokens}-token KV cache")
 
         # vector memory
@@ -254,6 +277,13 @@ class Compiler:
         self.v_o = va("attn_out", pad_in(d))
         self.v_act = va("ffn_act", pad_in(f))
         self.v_logits = va("logits", self.mats["wte.weight"].out_words)
+        if vrow and L:
+            dp = s.n_head * self.kp[0].dhp
+            self.v_vrows = va("v_rows", self.lanes * dp)  # a block of V rows, then products
+            self.v_vstage = va("v_probs", s.n_head * self.lanes)  # the block's probabilities
+            self.v_vacc = va("v_acc", dp)  # score.V of the current token chunk
+            self.v_vround = va("v_rounded", dp)  # ... read back rounded to BF16
+            self.v_vout = self.v_o if dp == d else va("v_out", dp)  # heads padded to columns
         self.vmem.check_capacity(f"model {s.name}", self.cfg.asic.vmem_words)
         # overlap: a second set of the buffers a layer needs first (layer i + 1's are fetched
         # during layer i's softmax) and a second partial-sum buffer for the layers' VMMs, each
@@ -388,7 +418,8 @@ class Compiler:
         s, e = self.spec, self.e
         overlap = self.opts.overlap
         d, H, dh = s.d_model, s.n_head, s.d_head
-        kp, vp = self.kp[layer], self.vp[layer]
+        kp = self.kp[layer]
+        vp = None if not self.opts.kv_layout else self.vp[layer]
         dhp = kp.dhp
         q, k, v = self.v_qkv, self.v_qkv + d, self.v_qkv + 2 * d
 
@@ -400,8 +431,15 @@ class Compiler:
         for h0, nh in runs:
             e(Op.WR_BANK, bank=0, bank_reg=R_A, addr=kp.region.start + kp.head_offset(h0),
               addr_reg=R_C, n=nh * dh, vaddr=k + h0 * dh)
+        vrow = not self.opts.kv_layout
+        if vrow:
+            # V row-major: the same record in the same bank and slot as K
+            vkp = self.vkp[layer]
+            for h0, nh in runs:
+                e(Op.WR_BANK, bank=0, bank_reg=R_A, addr=vkp.region.start + vkp.head_offset(h0),
+                  addr_reg=R_C, n=nh * dh, vaddr=v + h0 * dh)
 
-        if not overlap:
+        if not overlap and not vrow:
             # V append: one element per feature, column-major rows; one burst per feature
             # slot: one value into each bank (overlap mode: inside score.V, see _score_v)
             self._v_offset(vp, R_A)
@@ -449,7 +487,10 @@ class Compiler:
         if not overlap:
             for r0 in range(0, H, self.nc):
                 self._softmax(range(r0, min(H, r0 + self.nc)))
-        self._score_v(layer)
+        if vrow:
+            self._score_v_rows(layer)
+        else:
+            self._score_v(layer)
 
     def _softmax(self, heads: range) -> None:
         """Softmax over pos + 1 scores of each head, then zero the rest of the last column.
@@ -549,6 +590,92 @@ class Compiler:
                     n = min(self.nb, dh - fslot * self.nb)
                     e.vec(Op.VMOV, self.v_o + h * dh + fslot * self.nb,
                           base + fslot * slots + c * self.nb, n=n)
+
+    def _score_v_rows(self, layer: int) -> None:
+        """score . V with V row-major (``kv_layout`` off): V rows read to the ASIC, whose vector
+        unit forms each head's weighted sum in exactly the order of the MAC path, so the
+        results are bit-identical (docs/numerics.md; GoldenGPT):
+
+        - probabilities rounded to BF16 (the MAC path's WR_GB does that) by a trip through a
+          bank: WR_BANK rounds, RD_BANK reads back exactly;
+        - per block of ``lanes`` tokens (one MAC column): the products p[t] * V[t, :] (exact, as
+          the MAC's), stored at slot bitreverse(t mod lanes) so that each level of the MAC's
+          balanced adder tree (lane 2i + lane 2i+1) is ONE vector add of two halves;
+        - the column sums accumulated from +0 in token order over a token chunk of
+          min(row, buffer) elements (the MAC path's rows), the chunk's sum rounded to BF16 (the
+          read-out, again through a bank), the chunks added in binary32 (the first copied).
+        """
+        s, e, g = self.spec, self.e, self.cfg.geometry
+        H = s.n_head
+        kp = self.vkp[layer]
+        dhp, lanes = kp.dhp, self.lanes
+        dp = H * dhp
+        vb, stage, acc = self.v_vrows, self.v_vstage, self.v_vacc
+        tpc = min(g.row_elems, g.gb_elems)  # tokens per chunk (GoldenGPT.v_chunk)
+        runs = self._k_runs(kp)
+        bits = max(lanes.bit_length() - 1, 0)
+        rev = [int(format(t, f"0{bits}b")[::-1], 2) if bits else 0 for t in range(lanes)]
+        scr = self.v_scratch.start
+        acc_bank, acc_addr = H % self.banks, scr + self.p_rounds * self.mt_pad
+
+        # probabilities -> BF16 (in place)
+        for op in (Op.WR_BANK, Op.RD_BANK):
+            for h in range(H):
+                e(op, bank=h % self.banks, addr=scr + (h // self.banks) * self.mt_pad, n=0,
+                  n_reg=R_LEN, vaddr=self.v_scores + h * self.s_stride)
+        # R_V: first token of the block; R_W: end of the current token chunk
+        e(Op.SLI, rd=R_V, imm=0)
+        e(Op.SLI, rd=R_W, imm=0)
+        outer = e.pc
+        e.vec(Op.VSET, acc, n=dp, imm=0.0)
+        e(Op.SADD, rd=R_W, rs=R_W, imm=tpc)
+        inner = e.pc
+        # the block's V records, token t of the block into slot rev[t]
+        same_slot = self.banks % lanes == 0  # a block lies in one slot of consecutive banks
+        if same_slot:
+            e(Op.SMOD, rd=R_A, rs=R_V, imm=self.banks)
+            e(Op.SDIV, rd=R_B, rs=R_V, imm=self.banks)
+            self._slot_base(kp, R_B, R_C)
+        for t in range(lanes):
+            if not same_slot:
+                e(Op.SADD, rd=R_D, rs=R_V, imm=t)
+                e(Op.SMOD, rd=R_A, rs=R_D, imm=self.banks)
+                e(Op.SDIV, rd=R_B, rs=R_D, imm=self.banks)
+                self._slot_base(kp, R_B, R_C)
+            for h0, nh in runs:
+                e(Op.RD_BANK, bank=t if same_slot else 0, bank_reg=R_A,
+                  addr=kp.region.start + kp.head_offset(h0), addr_reg=R_C, n=nh * dhp,
+                  vaddr=vb + rev[t] * dp + h0 * dhp)
+        for h in range(H):
+            e.vec(Op.VMOV, stage + h * lanes, self.v_scores + h * self.s_stride, n=lanes,
+                  a_reg=R_V)
+        for t in range(lanes):
+            for h in range(H):
+                at = vb + rev[t] * dp + h * dhp
+                e.vec(Op.VMUL, at, at, stage + h * lanes + t, dhp, bcast=1)
+        half = lanes // 2
+        while half:
+            e.vec(Op.VADD, vb, vb, vb + half * dp, half * dp)
+            half //= 2
+        e.vec(Op.VADD, acc, acc, vb, dp)
+        e(Op.SADD, rd=R_V, rs=R_V, imm=lanes)
+        done = e(Op.BGE, rs=R_V, rt=R_LEN, imm=0)
+        e(Op.BLT, rs=R_V, rt=R_W, imm=inner)
+        e.patch(done, imm=e.pc)
+        # the chunk's sums, read out as BF16; the first chunk's copied, the others added
+        e(Op.WR_BANK, bank=acc_bank, addr=acc_addr, n=dp, vaddr=acc)
+        e(Op.SLI, rd=R_C, imm=tpc)
+        later = e(Op.BLT, rs=R_C, rt=R_W, imm=0)
+        e(Op.RD_BANK, bank=acc_bank, addr=acc_addr, n=dp, vaddr=self.v_vout)
+        skip = e(Op.BGE, rs=R0, rt=R0, imm=0)
+        e.patch(later, imm=e.pc)
+        e(Op.RD_BANK, bank=acc_bank, addr=acc_addr, n=dp, vaddr=self.v_vround)
+        e.vec(Op.VADD, self.v_vout, self.v_vout, self.v_vround, dp)
+        e.patch(skip, imm=e.pc)
+        e(Op.BLT, rs=R_V, rt=R_LEN, imm=outer)
+        if self.v_vout != self.v_o:
+            for h in range(H):
+                e.vec(Op.VMOV, self.v_o + h * s.d_head, self.v_vout + h * dhp, n=s.d_head)
 
     def _slot_base(self, kp: KPlacement, r_slot: int, r_out: int) -> None:
         """r_out = address of token slot r_slot's record, relative to the region start."""

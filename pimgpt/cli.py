@@ -65,6 +65,10 @@ def _add_schedule_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-head-concat", action="store_true",
                    help="mapping without head concatenation: every K head in its own row, one "
                         "q head per global-buffer load (same values, slower)")
+    p.add_argument("--no-kv-layout", action="store_true",
+                   help="without the paper's KV layout: V stored row-major like K and score.V "
+                        "formed on the ASIC's vector unit from V rows read out of the banks "
+                        "(same values, slower)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -709,7 +709,7 @@ def test_no_overlap_compiles_the_plain_order(tmp_path, capsys):
                      *flag]) == 0
         outs[bool(flag)] = read_pimbin(path)
     capsys.readouterr()
-    default = {"overlap": True, "row_fill": True, "head_concat": True}
+    default = {"overlap": True, "row_fill": True, "head_concat": True, "kv_layout": True}
     assert outs[False].meta["options"] == default
     assert outs[True].meta["options"] == {**default, "overlap": False}
     assert outs[False].code != outs[True].code
@@ -723,7 +723,8 @@ def test_no_overlap_compiles_the_plain_order(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("flag,option", [("--no-row-fill", "row_fill"),
-                                         ("--no-head-concat", "head_concat")])
+                                         ("--no-head-concat", "head_concat"),
+                                         ("--no-kv-layout", "kv_layout")])
 def test_mapping_switches_are_recorded(tmp_path, capsys, flag, option):
     path = tmp_path / "m.pimbin"
     assert main(["compile", "--model", DEFAULT_MODEL, "--max-tokens", "16", "-o", str(path),

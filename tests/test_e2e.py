@@ -52,7 +52,7 @@ def _assert_bit_exact(gen, tokens, logits):
 
 #: compile options under test: the default, the plain schedule, each mapping technique off
 OPTIONS = {"default": {}, "plain": {"overlap": False}, "no-row-fill": {"row_fill": False},
-           "no-head-concat": {"head_concat": False}}
+           "no-head-concat": {"head_concat": False}, "no-kv-layout": {"kv_layout": False}}
 
 
 @pytest.mark.parametrize("options", sorted(OPTIONS))
@@ -91,6 +91,20 @@ def test_awkward_checkpoint_matches_golden_and_reference(machine, tmp_path):
     # BF16 keeps 8 significant bits (0.4 % per rounding); a few roundings in series stay
     # within a couple of percent of the logit scale
     assert err <= 0.02 * scale
+
+
+@pytest.mark.parametrize("options", [{"kv_layout": False},
+                                     {"kv_layout": False, "overlap": False,
+                                      "head_concat": False}])
+def test_row_major_v_matches_golden_across_token_chunks(options, tmp_path):
+    """V row-major (score.V on the vector unit) over 210 tokens on the tiny machine: two token
+    chunks of its 128-token rows (first read-out copied, the second added), heads of 24 values
+    padded to 32, 8 banks (a block of 16 tokens spans two slots): bit for bit."""
+    weights = load_checkpoint(AWKWARD_DIR)
+    prompt = list(Path(__file__).read_bytes()[:210])
+    gen, tokens, logits, _ = _run_both(preset("tiny"), weights, prompt, 2, tmp_path,
+                                       options=CompileOptions(**options))
+    _assert_bit_exact(gen, tokens, logits)
 
 
 def test_bf16_and_fp16_checkpoints_compile_to_the_same_program(tmp_path):
