@@ -71,6 +71,18 @@ def _ctx(n: int, quick: bool = True) -> Variant:
     return Variant(label=str(n), x=n, max_tokens=n, position=n - 1, quick=quick)
 
 
+def _channels(c: int) -> dict[str, Any]:
+    """Overrides of a ``c``-channel paper machine: fewer channels get more rows per bank, so
+    that the machine keeps at least the paper machine's capacity, and a larger instruction
+    memory (attention's code grows with the head rounds, ceil(heads / channels))."""
+    from pimgpt.hdl.params import PAPER
+    scale = max(PAPER.geometry.channels // c, 1)
+    if scale == 1:
+        return {"geometry.channels": c}
+    return {"geometry.channels": c, "geometry.rows": PAPER.geometry.rows * scale,
+            "asic.imem_words": PAPER.asic.imem_words * scale}
+
+
 def _on_off(option: str) -> tuple[Variant, ...]:
     return (Variant(label="on", options={option: True}),
             Variant(label="off", options={option: False}))
@@ -79,13 +91,13 @@ def _on_off(option: str) -> tuple[Variant, ...]:
 DIMENSIONS: tuple[Dimension, ...] = (
     Dimension(
         name="channels", title="PIM channels", axis="channels", log_x=True, baseline="8",
-        variants=tuple(Variant(label=str(c), x=c, overrides={"geometry.channels": c},
-                               quick=c in (2, 8, 16))
+        variants=tuple(Variant(label=str(c), x=c, overrides=_channels(c),
+                               quick=c in (2, 8, 16, 32))
                        for c in (2, 4, 8, 16, 32)),
-        max_model="gpt2-medium",
-        note="16 banks per channel each (2 channels hold 1 GiB, so at most GPT2-medium is "
-             "measured); the model is recompiled for each machine; the ISA addresses at most "
-             "16 channels"),
+        note="16 banks per channel each; below 8 channels each bank has more rows and the "
+             "controller a larger instruction memory (2 channels: 4x, 4 channels: 2x) so that "
+             "the machine still holds the paper machine's 4 GiB and GPT2-XL's program fits; the "
+             "model is recompiled for each machine"),
     Dimension(
         name="asic_clock", title="ASIC clock", axis="ASIC clock (MHz)", log_x=True,
         baseline="1000",
@@ -132,8 +144,10 @@ DIMENSIONS: tuple[Dimension, ...] = (
     Dimension(
         name="kv_layout", title="Mapping: KV-cache layout", axis="paper KV layout",
         baseline="on", requires=("kv_layout",), variants=_on_off("kv_layout"),
-        note="not switchable yet: without the column-major V layout score.V cannot run as a "
-             "MAC over tokens; the alternative (V read to the ASIC) is not implemented"),
+        note="on: V column-major (a row holds one feature over many tokens), score.V a MAC over "
+             "tokens on the banks; off: V row-major like K, V rows read to the ASIC and score.V "
+             "formed on its vector unit in the MAC's order (CompileOptions.kv_layout; results "
+             "bit-identical)"),
     Dimension(
         name="tiling", title="Mapping: tiling", axis="tiling", baseline="on",
         requires=("tiling",), variants=_on_off("tiling"),

@@ -195,6 +195,7 @@ def test_sensitivity_figures(study):
     ok = {v["label"]: v for v in ch["variants"] if v["status"] == "ok"}
     assert ok["8"]["relative_latency"] == 1.0
     assert ok["2"]["latency_us"] > ok["8"]["latency_us"] > ok["16"]["latency_us"]
+    assert "32" in ok  # the ISA addresses 32 channels
     ctx = next(d for d in res["sensitivity"] if d["name"] == "context")
     by = {v["label"]: v for v in ctx["variants"]}
     assert by["1024"]["status"] == "skipped"  # tiny's context is 128 tokens
