@@ -279,8 +279,8 @@ class Compiler:
         self.v_logits = va("logits", self.mats["wte.weight"].out_words)
         if vrow and L:
             dp = s.n_head * self.kp[0].dhp
-            self.v_vrows = va("v_rows", self.lanes * dp)  # a block of V rows, then products
-            self.v_vstage = va("v_probs", s.n_head * self.lanes)  # the block's probabilities
+            # a block of V rows, then their products; and the block's probabilities
+            self.v_vrows = [(va("v_rows", self.lanes * dp), va("v_probs", s.n_head * self.lanes))]
             self.v_vacc = va("v_acc", dp)  # score.V of the current token chunk
             self.v_vround = va("v_rounded", dp)  # ... read back rounded to BF16
             self.v_vout = self.v_o if dp == d else va("v_out", dp)  # heads padded to columns
@@ -298,6 +298,13 @@ class Compiler:
             layer_out = max(m.out_words for k, m in self.mats.items() if k.startswith("h."))
             if self.vmem.fits(layer_out):
                 self.tmps.append((va("partial#1", layer_out), layer_out))
+            if vrow:
+                # V row-major: a second block buffer, so one block's V rows are read while
+                # the vector unit works on the other's
+                dp = s.n_head * self.kp[0].dhp
+                if self.vmem.fits(round_up(self.lanes * dp, 16) + s.n_head * self.lanes):
+                    self.v_vrows.append((va("v_rows#1", self.lanes * dp),
+                                         va("v_probs#1", s.n_head * self.lanes)))
 
     # --- image -------------------------------------------------------------------------------
 
@@ -433,10 +440,11 @@ class Compiler:
               addr_reg=R_C, n=nh * dh, vaddr=k + h0 * dh)
         vrow = not self.opts.kv_layout
         if vrow:
-            # V row-major: the same record in the same bank and slot as K
+            # V row-major: K's record layout and slot, in bank vrow_bank(pos)
             vkp = self.vkp[layer]
+            self._v_row_bank(R_POS, R_D)
             for h0, nh in runs:
-                e(Op.WR_BANK, bank=0, bank_reg=R_A, addr=vkp.region.start + vkp.head_offset(h0),
+                e(Op.WR_BANK, bank=0, bank_reg=R_D, addr=vkp.region.start + vkp.head_offset(h0),
                   addr_reg=R_C, n=nh * dh, vaddr=v + h0 * dh)
 
         if not overlap and not vrow:
@@ -591,6 +599,35 @@ class Compiler:
                     e.vec(Op.VMOV, self.v_o + h * dh + fslot * self.nb,
                           base + fslot * slots + c * self.nb, n=n)
 
+    def _v_row_bank(self, r_t: int, r_out: int) -> None:
+        """r_out = bank of token r_t's row-major V record: (t mod C) * NB + (t div C) mod NB,
+        consecutive tokens in consecutive channels (so a block's reads use every channel);
+        a bijection of t mod banks, so the slot is t div banks as for K. Uses R_T."""
+        e = self.e
+        e(Op.SMOD, rd=r_out, rs=r_t, imm=self.nc)
+        e(Op.SMUL, rd=r_out, rs=r_out, imm=self.nb)
+        e(Op.SDIV, rd=R_T, rs=r_t, imm=self.nc)
+        e(Op.SMOD, rd=R_T, rs=R_T, imm=self.nb)
+        e(Op.SADD, rd=r_out, rs=r_out, rt=R_T)
+
+    def _v_block_banks(self, r_t0: int, r_out: int) -> list[int] | None:
+        """For a block of ``lanes`` tokens from r_t0 (a multiple of lanes): emit r_out such
+        that token r_t0 + l's bank is r_out + offsets[l], and return the offsets; None when
+        the banks do not follow that form (each token's bank is then computed)."""
+        e, nc, nb, lanes = self.e, self.nc, self.nb, self.lanes
+        if self.banks % lanes:
+            return None
+        # u = t0 mod banks, a multiple of lanes; u + l < banks
+        if lanes % nc == 0:  # u mod C = 0: bank = (l mod C) NB + l div C + u / C
+            e(Op.SMOD, rd=r_out, rs=r_t0, imm=self.banks)
+            e(Op.SDIV, rd=r_out, rs=r_out, imm=nc)
+            return [(t % nc) * nb + t // nc for t in range(lanes)]
+        if nc % lanes == 0:  # (u + l) mod C = u mod C + l: bank = l NB + bank(u)
+            e(Op.SMOD, rd=R_D, rs=r_t0, imm=self.banks)
+            self._v_row_bank(R_D, r_out)
+            return [t * nb for t in range(lanes)]
+        return None
+
     def _score_v_rows(self, layer: int) -> None:
         """score . V with V row-major (``kv_layout`` off): V rows read to the ASIC, whose vector
         unit forms each head's weighted sum in exactly the order of the MAC path, so the
@@ -604,13 +641,16 @@ class Compiler:
         - the column sums accumulated from +0 in token order over a token chunk of
           min(row, buffer) elements (the MAC path's rows), the chunk's sum rounded to BF16 (the
           read-out, again through a bank), the chunks added in binary32 (the first copied).
+
+        With two block buffers (overlap mode, where vector memory allows) the loop body is
+        emitted twice, so one block's V rows are read while the other's are computed.
         """
         s, e, g = self.spec, self.e, self.cfg.geometry
         H = s.n_head
         kp = self.vkp[layer]
         dhp, lanes = kp.dhp, self.lanes
         dp = H * dhp
-        vb, stage, acc = self.v_vrows, self.v_vstage, self.v_vacc
+        acc = self.v_vacc
         tpc = min(g.row_elems, g.gb_elems)  # tokens per chunk (GoldenGPT.v_chunk)
         runs = self._k_runs(kp)
         bits = max(lanes.bit_length() - 1, 0)
@@ -623,6 +663,36 @@ class Compiler:
             for h in range(H):
                 e(op, bank=h % self.banks, addr=scr + (h // self.banks) * self.mt_pad, n=0,
                   n_reg=R_LEN, vaddr=self.v_scores + h * self.s_stride)
+
+        def block(vb: int, stage: int) -> None:
+            # the block's V records, token t of the block into slot rev[t]
+            e(Op.SDIV, rd=R_B, rs=R_V, imm=self.banks)
+            self._slot_base(kp, R_B, R_C)
+            offsets = self._v_block_banks(R_V, R_A)
+            for t in range(lanes):
+                if offsets is None:
+                    e(Op.SADD, rd=R_B, rs=R_V, imm=t)
+                    self._v_row_bank(R_B, R_A)
+                    e(Op.SDIV, rd=R_B, rs=R_B, imm=self.banks)
+                    self._slot_base(kp, R_B, R_C)
+                for h0, nh in runs:
+                    e(Op.RD_BANK, bank=0 if offsets is None else offsets[t], bank_reg=R_A,
+                      addr=kp.region.start + kp.head_offset(h0), addr_reg=R_C, n=nh * dhp,
+                      vaddr=vb + rev[t] * dp + h0 * dhp)
+            for h in range(H):
+                e.vec(Op.VMOV, stage + h * lanes, self.v_scores + h * self.s_stride, n=lanes,
+                      a_reg=R_V)
+            for t in range(lanes):
+                for h in range(H):
+                    at = vb + rev[t] * dp + h * dhp
+                    e.vec(Op.VMUL, at, at, stage + h * lanes + t, dhp, bcast=1)
+            half = lanes // 2
+            while half:
+                e.vec(Op.VADD, vb, vb, vb + half * dp, half * dp)
+                half //= 2
+            e.vec(Op.VADD, acc, acc, vb, dp)
+            e(Op.SADD, rd=R_V, rs=R_V, imm=lanes)
+
         # R_V: first token of the block; R_W: end of the current token chunk
         e(Op.SLI, rd=R_V, imm=0)
         e(Op.SLI, rd=R_W, imm=0)
@@ -630,38 +700,15 @@ class Compiler:
         e.vec(Op.VSET, acc, n=dp, imm=0.0)
         e(Op.SADD, rd=R_W, rs=R_W, imm=tpc)
         inner = e.pc
-        # the block's V records, token t of the block into slot rev[t]
-        same_slot = self.banks % lanes == 0  # a block lies in one slot of consecutive banks
-        if same_slot:
-            e(Op.SMOD, rd=R_A, rs=R_V, imm=self.banks)
-            e(Op.SDIV, rd=R_B, rs=R_V, imm=self.banks)
-            self._slot_base(kp, R_B, R_C)
-        for t in range(lanes):
-            if not same_slot:
-                e(Op.SADD, rd=R_D, rs=R_V, imm=t)
-                e(Op.SMOD, rd=R_A, rs=R_D, imm=self.banks)
-                e(Op.SDIV, rd=R_B, rs=R_D, imm=self.banks)
-                self._slot_base(kp, R_B, R_C)
-            for h0, nh in runs:
-                e(Op.RD_BANK, bank=t if same_slot else 0, bank_reg=R_A,
-                  addr=kp.region.start + kp.head_offset(h0), addr_reg=R_C, n=nh * dhp,
-                  vaddr=vb + rev[t] * dp + h0 * dhp)
-        for h in range(H):
-            e.vec(Op.VMOV, stage + h * lanes, self.v_scores + h * self.s_stride, n=lanes,
-                  a_reg=R_V)
-        for t in range(lanes):
-            for h in range(H):
-                at = vb + rev[t] * dp + h * dhp
-                e.vec(Op.VMUL, at, at, stage + h * lanes + t, dhp, bcast=1)
-        half = lanes // 2
-        while half:
-            e.vec(Op.VADD, vb, vb, vb + half * dp, half * dp)
-            half //= 2
-        e.vec(Op.VADD, acc, acc, vb, dp)
-        e(Op.SADD, rd=R_V, rs=R_V, imm=lanes)
-        done = e(Op.BGE, rs=R_V, rt=R_LEN, imm=0)
+        exits = []
+        for i, (vb, stage) in enumerate(self.v_vrows):
+            block(vb, stage)
+            exits.append(e(Op.BGE, rs=R_V, rt=R_LEN, imm=0))
+            if i < len(self.v_vrows) - 1:
+                exits.append(e(Op.BGE, rs=R_V, rt=R_W, imm=0))
         e(Op.BLT, rs=R_V, rt=R_W, imm=inner)
-        e.patch(done, imm=e.pc)
+        for pc in exits:
+            e.patch(pc, imm=e.pc)
         # the chunk's sums, read out as BF16; the first chunk's copied, the others added
         e(Op.WR_BANK, bank=acc_bank, addr=acc_addr, n=dp, vaddr=acc)
         e(Op.SLI, rd=R_C, imm=tpc)
