@@ -109,6 +109,13 @@ def _cpu_rows(res: dict[str, Any]) -> list[dict[str, Any]]:
 def _sens_rows(res: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for d in res["sensitivity"]:
+        if d["status"] == "infeasible":
+            for r in d["infeasible"]:
+                rows.append({"dimension": d["name"], "variant": "off", "model": r["model"],
+                             "status": "feasible" if r["feasible"] else "infeasible",
+                             "input_bytes": r["largest_input_bytes"], "gb_bytes": r["gb_bytes"],
+                             "error": r["reason"]})
+            continue
         if d["status"] != "measured":
             rows.append({"dimension": d["name"], "status": "pending", "error": d["pending"]})
             continue
@@ -431,6 +438,16 @@ def render_markdown(res: dict[str, Any], plots: Sequence[str]) -> str:
     for d in res["sensitivity"]:
         L.append(f"### {d['title']}")
         L.append("")
+        if d["status"] == "infeasible":
+            L.append(f"**Off is infeasible** (computed, not measured): "
+                     f"{d['note'][:1].lower()}{d['note'][1:]}.")
+            L.append("")
+            rows = [[r["model"], f"{r['d_model']:,}", f"{r['d_ff']:,}",
+                     f"{r['largest_input_bytes']:,}", f"{r['gb_bytes']:,}",
+                     "yes" if r["feasible"] else "no", r["reason"]] for r in d["infeasible"]]
+            L += _table(["model", "d_model", "d_ff", "largest input (B)", "global buffer (B)",
+                         "runs without tiling", "why"], rows)
+            continue
         if d["status"] != "measured":
             L.append(f"**Pending**: {d['pending']}. {d['note'][:1].upper()}{d['note'][1:]}.")
             L.append("")

@@ -257,6 +257,12 @@ def _sensitivity(dim: Dimension, opts: StudyOptions, tick: Progress) -> dict[str
                    pending=f"needs compile option(s) {', '.join(dim.requires)} "
                            f"(CompileOptions) in the compiler")
         return out
+    if dim.infeasibility is not None:
+        # computed, not measured: every model of the study and the sensitivity model
+        names = list(dict.fromkeys(list(opts.models) + [model]))
+        out.update(status="infeasible", variants=[], model=", ".join(names),
+                   infeasible=dim.infeasibility(names, PRESETS[opts.preset]))
+        return out
     n_ctx = BUILTIN_SPECS[model].n_ctx
     rows, points = [], []
     for v in dim.selected(opts.quick):

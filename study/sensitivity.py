@@ -14,7 +14,7 @@ fields; its note says why it is not available.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from pimgpt.study.points import options_available
 
@@ -48,6 +48,9 @@ class Dimension:
     #: the largest model this dimension uses: a bigger sensitivity model is replaced by it
     #: (e.g. a 2-channel machine holds 1 GiB, too little for GPT2-XL)
     max_model: str | None = None
+    #: a dimension whose "off" setting cannot run at all: computes, per model, why (from the
+    #: model's shapes and the machine), instead of measuring variants
+    infeasibility: Callable[[Sequence[str], Any], list[dict[str, Any]]] | None = None
 
     def model_for(self, model: str) -> str:
         """The model this dimension measures when the study's sensitivity model is ``model``."""
@@ -81,6 +84,40 @@ def _channels(c: int) -> dict[str, Any]:
         return {"geometry.channels": c}
     return {"geometry.channels": c, "geometry.rows": PAPER.geometry.rows * scale,
             "asic.imem_words": PAPER.asic.imem_words * scale}
+
+
+def tiling_off(models: Sequence[str], config: Any) -> list[dict[str, Any]]:
+    """Per model: which weight matrices could run without tiling, i.e. with the whole input
+    vector (BF16, one value per matrix input) in the global buffer at once (``gb_bytes`` per
+    channel), computed from the model's shapes and the machine."""
+    from pimgpt.hdl.params import BF16_BYTES
+    from pimgpt.mapping.builtin import builtin_spec
+    gb = config.geometry.gb_bytes
+    rows = []
+    for name in models:
+        s = builtin_spec(name)
+        inputs = {"QKV": s.d_model, "attention projection": s.d_model, "FFN1": s.d_model,
+                  "FFN2": s.d_ff, "LM head": s.d_model}
+        too_big = [k for k, n in inputs.items() if n * BF16_BYTES > gb]
+
+        def sizes(names: list[str]) -> str:
+            by: dict[int, list[str]] = {}
+            for k in names:
+                by.setdefault(inputs[k] * BF16_BYTES, []).append(k)
+            return " and ".join(f"{b:,} B ({', '.join(ks)})" for b, ks in sorted(by.items()))
+
+        fit = [k for k in inputs if k not in too_big]
+        reason = (f"inputs of {sizes(too_big)} exceed the {gb:,} B global buffer"
+                  if too_big else f"every input fits the {gb:,} B global buffer")
+        if too_big and fit:
+            reason += f"; {sizes(fit)} would fit"
+        rows.append({
+            "model": name, "d_model": s.d_model, "d_ff": s.d_ff,
+            "input_bytes": {k: n * BF16_BYTES for k, n in inputs.items()},
+            "largest_input_bytes": max(inputs.values()) * BF16_BYTES, "gb_bytes": gb,
+            "too_big": too_big, "feasible": not too_big, "reason": reason,
+        })
+    return rows
 
 
 def _on_off(option: str) -> tuple[Variant, ...]:
@@ -150,9 +187,10 @@ DIMENSIONS: tuple[Dimension, ...] = (
              "bit-identical)"),
     Dimension(
         name="tiling", title="Mapping: tiling", axis="tiling", baseline="on",
-        requires=("tiling",), variants=_on_off("tiling"),
-        note="not switchable: without tiling no matrix with more inputs than the global buffer "
-             "holds (1,024 on paper, i.e. every GPT layer) could run on the PIM at all"),
+        variants=(), infeasibility=tiling_off,
+        note="off cannot run: without tiling a matrix's whole input vector must sit in the "
+             "global buffer at once; the table compares each layer's input (BF16 bytes) with "
+             "the machine's global buffer (geometry.gb_bytes), computed from the model shapes"),
 )
 
 #: The improvement over the paper-faithful baseline (issue 6(b)): the compile option that turns

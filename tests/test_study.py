@@ -165,13 +165,39 @@ def test_pending_dimensions_have_no_numbers(study):
     md = (out / "report.md").read_text()
     for d in DIMENSIONS:
         r = next(x for x in res["sensitivity"] if x["name"] == d.name)
-        if d.available:
+        if d.infeasibility is not None:
+            assert r["status"] == "infeasible" and r["variants"] == []
+        elif d.available:
             assert r["status"] == "measured"
         else:
             assert r["status"] == "pending" and r["variants"] == []
             section = md.split(f"### {d.title}")[1].split("\n#")[0]
             assert "**Pending**" in section and "|" not in section
     assert IMPROVEMENT.available  # CompileOptions.overlap
+
+
+def test_tiling_off_is_a_computed_infeasibility(study):
+    """Tiling off is not measured but computed per model: the largest layer input (BF16
+    bytes) against the machine's global buffer, in results.json, the CSV and the report."""
+    from pimgpt.hdl.params import PAPER
+    from pimgpt.mapping.builtin import builtin_spec
+    out, res = study
+    d = next(x for x in res["sensitivity"] if x["name"] == "tiling")
+    rows = {r["model"]: r for r in d["infeasible"]}
+    assert set(rows) == {MODEL, "tiny"}
+    for name, r in rows.items():
+        s = builtin_spec(name)
+        assert r["gb_bytes"] == PAPER.geometry.gb_bytes
+        assert r["largest_input_bytes"] == 2 * max(s.d_model, s.d_ff)
+        assert r["feasible"] == (r["largest_input_bytes"] <= r["gb_bytes"])
+    assert not rows[MODEL]["feasible"] and rows[MODEL]["too_big"] == ["FFN2"]  # 3,072 inputs
+    csv_rows = [r for r in _csv(out / "sensitivity.csv") if r["dimension"] == "tiling"]
+    assert {r["model"]: r["status"] for r in csv_rows}[MODEL] == "infeasible"
+    md = (out / "report.md").read_text()
+    section = md.split("### Mapping: tiling")[1].split("\n#")[0]
+    assert "**Off is infeasible**" in section
+    t = {r[0]: r for r in _md_table(md, "model", "runs without tiling")[1:]}
+    assert t[MODEL][3] == "6,144" and t[MODEL][4] == "2,048" and t[MODEL][5] == "no"
 
 
 def test_improvement_measured(study):
