@@ -100,7 +100,8 @@ def _lzc(value: Value, width: int) -> Value:
     return count(padded, size)
 
 
-def _step(m: Module, name: str, **outputs: Value | tuple[Value, object]) -> data.View:
+def _step(m: Module, name: str, registered: bool = False,
+          **outputs: Value | tuple[Value, object]) -> data.View:
     """One step of a combinational datapath, in its own sub-module.
 
     Each output is an expression (kept at its own shape) or ``(expression, shape)``; the step
@@ -110,6 +111,10 @@ def _step(m: Module, name: str, **outputs: Value | tuple[Value, object]) -> data
     step before it and writing one signal, runs every step once per input change. (One module
     with many internal signals would re-run once per signal level.) Values a later step needs
     are therefore carried through the steps in between. Synthesis sees plain wires.
+
+    With ``registered`` the step's signal is a register (``sync`` domain, reset to 0): a
+    pipeline stage boundary. Everything a later step reads passes through it, so a datapath
+    cut at any set of steps stays consistent.
     """
     values, shapes = {}, {}
     for key, value in outputs.items():
@@ -118,9 +123,20 @@ def _step(m: Module, name: str, **outputs: Value | tuple[Value, object]) -> data
         shapes[key] = values[key].shape() if shape is None else shape
     signal = Signal(data.StructLayout(shapes), name=name)
     step = Module()
-    step.d.comb += [signal[key].eq(value) for key, value in values.items()]
+    domain = step.d.sync if registered else step.d.comb
+    domain += [signal[key].eq(value) for key, value in values.items()]
     m.submodules[name] = step
     return signal
+
+
+def _check_stages(owner: str, stages, steps: tuple[str, ...]) -> frozenset[str]:
+    if isinstance(stages, str):
+        stages = (stages,)
+    out = frozenset(stages)
+    unknown = sorted(out - set(steps))
+    if unknown:
+        raise ValueError(f"{owner}: unknown pipeline steps {unknown} (known: {', '.join(steps)})")
+    return out
 
 
 def _carry(step: data.View, *names: str) -> dict[str, Value]:
@@ -145,7 +161,16 @@ _INF_MAG = Const(BINARY32.inf_mag, BINARY32.width - 1)
 
 
 class F32Add(wiring.Component):
-    """Binary32 adder: ``y = a ⊕ b`` (one rounding, round to nearest even), combinational.
+    """Binary32 adder: ``y = a ⊕ b`` (one rounding, round to nearest even), combinational by
+    default.
+
+    Parameters
+    ----------
+    stages : iterable of str
+        Steps of the datapath (:data:`STEPS`: ``unpack``, ``sum``, ``lzc``, ``norm``) whose
+        outputs are registers; ``y`` then follows ``a`` and ``b`` by ``latency = len(stages)``
+        cycles, accepting new operands every cycle. The rounding and packing after ``norm``
+        stay combinational.
 
     Attributes
     ----------
@@ -153,14 +178,22 @@ class F32Add(wiring.Component):
         binary32 bit patterns.
     y : Out(32)
         ``a + b`` rounded to binary32; NaN results are ``0x7FC00000``.
+    latency : int
+        cycles from ``a``, ``b`` to ``y`` (0: combinational).
     """
 
-    def __init__(self):
+    #: The datapath's steps, in order; each may end in a pipeline register.
+    STEPS = ("unpack", "sum", "lzc", "norm")
+
+    def __init__(self, *, stages=()):
         width = BINARY32.width
+        self.stages = _check_stages("F32Add", stages, self.STEPS)
+        self.latency = len(self.stages)
         super().__init__({"a": In(width), "b": In(width), "y": Out(width)})
 
     def elaborate(self, platform):
         m = Module()
+        reg = self.stages
         W, FB = BINARY32.width, BINARY32.frac_bits
         SIG = FB + 1  # significand bits with the hidden bit
         EXT = SIG + 3  # plus guard, round and sticky
@@ -179,7 +212,7 @@ class F32Add(wiring.Component):
         # subnormals count with the exponent of the smallest normal, without the hidden bit
         ex_eff, ey_eff = Mux(ex == 0, 1, ex), Mux(ey == 0, 1, ey)
         diff = (ex_eff - ey_eff)[:BINARY32.exp_bits]
-        s1 = _step(m, "unpack",
+        s1 = _step(m, "unpack", "unpack" in reg,
                    spec=nan | a_inf | b_inf, spec_y=Mux(nan, CANON_NAN_F32, x),
                    sx=x[W - 1], sub=sub, ex_eff=(ex_eff, BINARY32.exp_bits),
                    mx=Cat(Const(0, EXT - SIG), x[:FB], ex != 0),
@@ -189,18 +222,18 @@ class F32Add(wiring.Component):
         # --- align y (every bit shifted out is ORed into the LSB), add or subtract ---------
         lost = (s1.my & ((Const(1, EXT + 1) << s1.shift) - 1)[:EXT]).any()
         my_al = Cat((s1.my >> s1.shift) | lost, Const(0, 1))
-        s2 = _step(m, "sum", **_carry(s1, *passed),
+        s2 = _step(m, "sum", "sum" in reg, **_carry(s1, *passed),
                    total=(s1.mx + (my_al ^ s1.sub.replicate(EXT + 1)) + s1.sub, EXT + 1))
 
         # --- normalise: a carry shifts right by one; otherwise the leading one goes up to the
         # hidden-bit position, but not below the smallest exponent (a subnormal result): a
         # marker bit at that limit caps the leading-zero count
         limit = Const(1 << (EXT - 1), EXT) >> (s2.ex_eff - 1).as_unsigned()
-        s3 = _step(m, "lzc", **_carry(s2, *passed, "total"),
+        s3 = _step(m, "lzc", "lzc" in reg, **_carry(s2, *passed, "total"),
                    left=(_lzc(s2.total[:EXT] | limit, EXT), range((1 << ceil_log2(EXT)) + 1)))
 
         total, carry = s3.total, s3.total[EXT]
-        s4 = _step(m, "norm", **_carry(s3, "spec", "spec_y"),
+        s4 = _step(m, "norm", "norm" in reg, **_carry(s3, "spec", "spec_y"),
                    norm=(Mux(carry, Cat(total[0] | total[1], total[2:]), total << s3.left), EXT),
                    exp_res=(Mux(carry, s3.ex_eff + 1, s3.ex_eff - s3.left), BINARY32.exp_bits),
                    overflow=carry & (s3.ex_eff == BINARY32.exp_max - 1),
@@ -226,32 +259,48 @@ class Bf16MulF32(wiring.Component):
     The exact product has at most 16 significant bits, so it only rounds in the subnormal range
     (ties to even, possibly to ±0) and only overflows when the exact product is at least 2^128.
 
+    Parameters
+    ----------
+    stages : iterable of str
+        Steps of the datapath (:data:`STEPS`: ``product``, ``lzc``, ``norm``, ``denorm``) whose
+        outputs are registers; ``y`` then follows ``a`` and ``b`` by ``latency = len(stages)``
+        cycles, accepting new operands every cycle. The rounding and packing after
+        ``denorm`` stay combinational.
+
     Attributes
     ----------
     a, b : In(16)
         BF16 bit patterns.
     y : Out(32)
         the binary32 product; NaN results are ``0x7FC00000``.
+    latency : int
+        cycles from ``a``, ``b`` to ``y`` (0: combinational).
     """
 
-    def __init__(self):
+    #: The datapath's steps, in order; each may end in a pipeline register.
+    STEPS = ("product", "lzc", "norm", "denorm")
+
+    def __init__(self, *, stages=()):
+        self.stages = _check_stages("Bf16MulF32", stages, self.STEPS)
+        self.latency = len(self.stages)
         super().__init__({"a": In(BFLOAT16.width), "b": In(BFLOAT16.width),
                           "y": Out(BINARY32.width)})
 
     def elaborate(self, platform):
         m = Module()
-        _multiply(m, self.a, self.b, BFLOAT16, self.y)
+        _multiply(m, self.a, self.b, BFLOAT16, self.y, self.stages)
         return m
 
 
-def _multiply(m: Module, a: Value, b: Value, fmt: FloatFormat, y: Value) -> None:
+def _multiply(m: Module, a: Value, b: Value, fmt: FloatFormat, y: Value,
+              stages: frozenset[str] = frozenset()) -> None:
     """``y = a ⊗ b`` rounded to binary32 for operands in ``fmt`` (BF16 or binary32), in ``m``.
 
     The significand product (subnormal operands without the hidden bit) is normalised by its
     leading-zero count; a product wider than the binary32 significand plus guard folds the bits
     below the guard into one sticky bit; a result below the smallest normal is shifted onto the
     subnormal grid before the single rounding (ties to even). Overflow gives ±Inf; ``0 x Inf``
-    and NaN operands give ``0x7FC00000``.
+    and NaN operands give ``0x7FC00000``. The steps named in ``stages`` end in a register.
     """
     W, FB = fmt.width, fmt.frac_bits
     PW = 2 * (FB + 1)  # product width
@@ -270,14 +319,14 @@ def _multiply(m: Module, a: Value, b: Value, fmt: FloatFormat, y: Value) -> None
            | (b_inf & a_zero))
     sign = a[W - 1] ^ b[W - 1]
     ea, eb = a[FB:W - 1], b[FB:W - 1]
-    s1 = _step(m, "product",
+    s1 = _step(m, "product", "product" in stages,
                spec=nan | a_inf | b_inf | a_zero | b_zero,
                spec_y=Mux(nan, CANON_NAN_F32,
                           Cat(Mux(a_inf | b_inf, _INF_MAG, 0)[:BINARY32.width - 1], sign)),
                sign=sign,
                prod=(Cat(a[:FB], ea != 0) * Cat(b[:FB], eb != 0), PW),
                e_sum=Mux(ea == 0, 1, ea) + Mux(eb == 0, 1, eb))
-    s2 = _step(m, "lzc", **_carry(s1, *passed, "prod", "e_sum"),
+    s2 = _step(m, "lzc", "lzc" in stages, **_carry(s1, *passed, "prod", "e_sum"),
                lz=(_lzc(s1.prod, PW), range(PW + 1)))
 
     # --- normalise; below the smallest normal, the shift onto the subnormal grid ------------
@@ -288,14 +337,14 @@ def _multiply(m: Module, a: Value, b: Value, fmt: FloatFormat, y: Value) -> None
         wide = Cat(Const(0, EXT - PW), top)
     else:  # the bits below the guard position fold into one sticky bit
         wide = Cat(top[PW - EXT] | top[:PW - EXT].any(), top[PW - EXT + 1:])
-    s3 = _step(m, "norm", **_carry(s2, *passed),
+    s3 = _step(m, "norm", "norm" in stages, **_carry(s2, *passed),
                wide=(wide, EXT),
                under=(Mux(normal, 0, Mux(e_off + EXT <= OFF + 1, EXT, OFF + 1 - e_off)),
                       range(EXT + 1)),
                exp_field=(Mux(normal, e_off - OFF, 0), BINARY32.exp_bits),
                overflow=e_off >= OFF + BINARY32.exp_max)
     lost = (s3.wide & ((Const(1, EXT + 1) << s3.under) - 1)[:EXT]).any()
-    s4 = _step(m, "denorm", **_carry(s3, *passed, "exp_field", "overflow"),
+    s4 = _step(m, "denorm", "denorm" in stages, **_carry(s3, *passed, "exp_field", "overflow"),
                shifted=(s3.wide >> s3.under, EXT), lost=lost)
 
     # --- round to nearest even, pack, select ------------------------------------------------

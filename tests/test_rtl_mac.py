@@ -8,6 +8,11 @@ golden model (``nm.binop``, ``nm.f32_to_bf16_bits``). ``BankMac`` runs >= 10,000
 beats in streams of random lengths with clears in between and random ``valid`` gaps, compared
 with ``nm.mac_accumulate`` / ``nm.readout`` after every cycle; directed streams cover one corner
 class each. Finally the unit converts to Verilog for the ``tiny`` and ``paper`` presets.
+
+The pipelined variants run the same way: ``F32Add`` and ``Bf16MulF32`` with registers after every
+step stream random operands one pair per cycle, compared after their latency;
+``PipelinedBankMac`` (every product and tree level cut into 1 to 5 register stages) runs random
+streams and, beside ``BankMac``, every directed stream, its latency accounted for.
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ from amaranth.sim import Simulator
 
 from pimgpt.errors import PimgptError
 from pimgpt.hdl import fp
-from pimgpt.hdl.mac import BankMac, beat_layout
+from pimgpt.hdl.mac import ADD_CUTS, MUL_CUTS, BankMac, MacAccumulator, PipelinedBankMac, \
+    beat_layout
 from pimgpt.hdl.params import preset
 from pimgpt.sim import numerics as nm
 
@@ -385,6 +391,77 @@ def test_f32_to_bf16_directed():
     assert np.array_equal(got, want.astype(U16))
 
 
+# --- pipelined F32Add and Bf16MulF32 -------------------------------------------------------------
+
+def _run_pipe(dut, ports, columns):
+    """Drive a pipelined block with one row of inputs per cycle; return ``y`` for each row,
+    read ``dut.latency`` cycles after it was presented (the rows stream without gaps)."""
+    target = Cat(*(getattr(dut, p) for p in ports))
+    shifts = np.cumsum([0] + [len(getattr(dut, p)) for p in ports[:-1]])
+    words = [sum(int(v) << int(s) for v, s in zip(row, shifts)) for row in zip(*columns)]
+    lat = dut.latency
+    out = np.zeros(len(words), dtype=np.uint64)
+
+    async def bench(ctx):
+        for i in range(len(words) + lat):
+            if i < len(words):
+                ctx.set(target, words[i])
+            if i >= lat:
+                out[i - lat] = ctx.get(dut.y)
+            await ctx.tick()
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    return out
+
+
+N_PIPE = 4000  # random operand pairs streamed through each pipelined block
+
+
+@pytest.mark.parametrize("stages", [fp.F32Add.STEPS, ("sum",), ("unpack", "norm")],
+                         ids=["all", "sum", "unpack+norm"])
+def test_f32add_pipelined_bit_exact(stages):
+    dut = fp.F32Add(stages=stages)
+    assert dut.latency == len(stages)
+    rng = np.random.default_rng(0xADD + dut.latency)
+    a, b = _add_pairs(rng, N_PIPE)
+    a = np.concatenate([a, F32_SPECIALS, np.repeat(F32_SPECIALS, len(F32_SPECIALS))])
+    b = np.concatenate([b, F32_SPECIALS[::-1], np.tile(F32_SPECIALS, len(F32_SPECIALS))])
+    got = _run_pipe(dut, ["a", "b"], [a, b]).astype(U32)
+    want = _ref_add(a, b)
+    assert np.array_equal(got, want), _mismatches("add", [a, b], got, want, _h32)
+
+
+@pytest.mark.parametrize("stages", [fp.Bf16MulF32.STEPS, ("product",), ("lzc", "denorm")],
+                         ids=["all", "product", "lzc+denorm"])
+def test_bf16mul_pipelined_bit_exact(stages):
+    dut = fp.Bf16MulF32(stages=stages)
+    assert dut.latency == len(stages)
+    rng = np.random.default_rng(0x3017 + dut.latency)
+    a, b = _mul_pairs(rng, N_PIPE)
+    a = np.concatenate([a, np.repeat(BF16_SPECIALS, len(BF16_SPECIALS))])
+    b = np.concatenate([b, np.tile(BF16_SPECIALS, len(BF16_SPECIALS))])
+    got = _run_pipe(dut, ["a", "b"], [a, b]).astype(U32)
+    want = _ref_mul(a, b)
+    assert np.array_equal(got, want), _mismatches("mul", [a, b], got, want, _h32)
+
+
+def test_fp_pipeline_steps_checked():
+    with pytest.raises(ValueError, match=r"^F32Add: unknown pipeline steps \['round'\] "
+                                         r"\(known: unpack, sum, lzc, norm\)$"):
+        fp.F32Add(stages=("sum", "round"))
+    with pytest.raises(ValueError, match=r"^Bf16MulF32: unknown pipeline steps \['sum'\]"):
+        fp.Bf16MulF32(stages="sum")
+    assert fp.F32Add(stages="norm").latency == 1 and fp.F32Add().latency == 0
+    assert set(ADD_CUTS) == set(MUL_CUTS) == {1, 2, 3, 4, 5}
+    for k in ADD_CUTS:  # k - 1 registers inside an operation, in datapath order
+        assert len(ADD_CUTS[k]) == len(MUL_CUTS[k]) == k - 1
+        assert list(ADD_CUTS[k]) == [s for s in fp.F32Add.STEPS if s in ADD_CUTS[k]]
+        assert list(MUL_CUTS[k]) == [s for s in fp.Bf16MulF32.STEPS if s in MUL_CUTS[k]]
+
+
 # --- BankMac -------------------------------------------------------------------------------------
 
 def _beat_word(layout, w, x):
@@ -586,9 +663,11 @@ def _check_finals(dut, cases):
         for i, (g, (_, w)) in enumerate(zip(got, cases)) if g != w]
 
 
-@pytest.fixture(params=[0, 2], ids=["comb", "pipelined"])
+@pytest.fixture(params=["comb", "pipelined", "deep"])
 def mac(request):
-    return BankMac(preset("paper"), pipeline=request.param)
+    if request.param == "deep":  # every product and tree level in 3 stages: latency 16
+        return PipelinedBankMac(preset("paper"), stages_per_op=3)
+    return BankMac(preset("paper"), pipeline={"comb": 0, "pipelined": 2}[request.param])
 
 
 PLUS_ZERO = (0x00000000, 0x0000)
@@ -716,5 +795,80 @@ def test_bank_mac_signature():
 def test_bank_mac_converts_to_verilog(name):
     text = verilog.convert(BankMac(preset(name)), name="bank_mac", emit_src=False)
     assert "module bank_mac(" in text
+    for port in ("i_beat__valid", "i_beat__ready", "i_beat__payload", "clear", "acc", "readout"):
+        assert port in text
+
+
+# --- PipelinedBankMac, MacAccumulator ------------------------------------------------------------
+
+@pytest.mark.parametrize("stages", [1, 2, 3, 4, 5])
+def test_pipelined_bank_mac_random_streams(stages):
+    dut = PipelinedBankMac(preset("tiny"), stages_per_op=stages)
+    levels = preset("tiny").geometry.mac_lanes.bit_length() - 1
+    assert dut.latency == stages * (1 + levels) + 1
+    rng = np.random.default_rng(200 + stages)
+    beats = 3000 if stages == 2 else 600  # 2: the generated bank_mac_s2
+    cycles = _random_cycles(rng, dut.lanes, beats, max_len=24, gap_p=0.2)
+    acc = _check_mac(dut, cycles).view(F32)
+    assert np.isnan(acc).sum() > 10 and (acc.view(U32) == 0).sum() > 10
+
+
+@pytest.mark.parametrize("lanes", [1, 2])
+def test_pipelined_bank_mac_lanes_from_config(lanes):
+    tiny = preset("tiny")
+    config = tiny.replace(geometry=dataclasses.replace(
+        tiny.geometry, mac_lanes=lanes, column_bytes=lanes * 2))
+    dut = PipelinedBankMac(config, stages_per_op=3)
+    assert dut.lanes == lanes and dut.latency == 3 * lanes + 1  # log2(lanes) + 1 operations
+    rng = np.random.default_rng(300 + lanes)
+    _check_mac(dut, _random_cycles(rng, lanes, 400))
+
+
+def test_mac_accumulator_alone():
+    """The accumulate stage on its own: clear first, then the tree sum, once per valid."""
+    dut = MacAccumulator()
+    rng = np.random.default_rng(0xACC)
+    n = 3000
+    t = _f32_patterns(rng, n)
+    valid = rng.random(n) < 0.8
+    clear = rng.random(n) < 0.05
+    got = np.zeros(n, U32)
+
+    async def bench(ctx):
+        for i in range(n):
+            ctx.set(dut.t, int(t[i]))
+            ctx.set(dut.valid, int(valid[i]))
+            ctx.set(dut.clear, int(clear[i]))
+            await ctx.tick()
+            got[i] = ctx.get(dut.acc)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    want = np.zeros(n, U32)
+    acc = np.zeros(1, F32)
+    for i in range(n):
+        if clear[i]:
+            acc = np.zeros(1, F32)
+        if valid[i]:
+            acc = nm.binop("add", acc, t[i:i + 1].view(F32))
+        want[i] = acc.view(U32)[0]
+    assert np.array_equal(got, want), _mismatches("acc", [t], got, want, _h32)
+
+
+def test_pipelined_bank_mac_rejects_bad_arguments():
+    for bad in (0, 6, "2", 2.0):
+        with pytest.raises(PimgptError, match=r"^PipelinedBankMac stages_per_op must be 1 to 5, "):
+            PipelinedBankMac(preset("tiny"), stages_per_op=bad)
+    with pytest.raises(TypeError, match=r"^config must be a MachineConfig, not 16$"):
+        PipelinedBankMac(16)
+
+
+def test_pipelined_bank_mac_signature_and_verilog():
+    dut = PipelinedBankMac(preset("paper"), stages_per_op=2)
+    assert dut.signature == BankMac(preset("paper")).signature
+    text = verilog.convert(dut, name="bank_mac_s2", emit_src=False)
+    assert "module bank_mac_s2(" in text
     for port in ("i_beat__valid", "i_beat__ready", "i_beat__payload", "clear", "acc", "readout"):
         assert port in text
