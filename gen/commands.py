@@ -27,6 +27,10 @@ def _fmt(value: object) -> str:
     return "-" if value is None else str(value)
 
 
+def _progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
 def cmd_synth(args: argparse.Namespace) -> int:
     from pimgpt.gen.synth import TARGETS, synth
     from pimgpt.gen.verilog import block_names, check_blocks
@@ -38,15 +42,20 @@ def cmd_synth(args: argparse.Namespace) -> int:
     config = _config(args)
     results = []
     for block in blocks:
-        if not args.json:
-            print(f"synthesising {block} for {args.target}...", file=sys.stderr, flush=True)
-        results.append(synth(config, block, args.target))
+        # progress goes to stderr, also with --json (whose stdout is the report alone)
+        results.append(synth(config, block, args.target, progress=_progress))
     if args.json:
         print_json({"results": results})
         return 0
-    header = ("block", "cells", "LUTs", "FFs", "DSPs", "BRAMs", "Fmax MHz")
-    rows = [(r["block"], r["cells"], r["luts"], r["ffs"], r["dsps"], r["brams"], r["fmax_mhz"])
-            for r in results]
+    generic = args.target == "generic"
+    if generic:
+        header = ("block", "cells", "LUT4-eq", "FFs", "memories", "memory bits", "seconds")
+        rows = [(r["block"], r["cells"], r["lut4_equiv"], r["ffs"], r["memories"],
+                 r["memory_bits"], r["seconds"]["total"]) for r in results]
+    else:
+        header = ("block", "cells", "LUTs", "FFs", "DSPs", "BRAMs", "Fmax MHz")
+        rows = [(r["block"], r["cells"], r["luts"], r["ffs"], r["dsps"], r["brams"],
+                 r["fmax_mhz"]) for r in results]
     widths = [max(len(_fmt(x)) for x in col) for col in zip(header, *rows)]
     device = results[0].get("device")
     where = f" ({device['device']} speed {device['speed']}, {device['package']})" if device else ""
@@ -54,4 +63,9 @@ def cmd_synth(args: argparse.Namespace) -> int:
     for row in (header, *rows):
         print("  ".join(_fmt(x).rjust(w) if i else _fmt(x).ljust(w)
                         for i, (x, w) in enumerate(zip(row, widths))))
+    if generic:
+        print("LUT4-eq: the gate netlist mapped onto 4-input LUTs (abc -lut 4); memories are "
+              "kept as memories, not expanded into flip-flops")
+        for r in results:
+            print(f"{r['block']}: {r['method']}")
     return 0
