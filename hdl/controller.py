@@ -29,12 +29,15 @@ dispatch cycle, as in the simulator.
 Scoreboard
 ----------
 The ASIC queue holds vector and mover ops in program order; its head starts when its unit is
-free and its vector-memory ranges do not conflict with those of the vector op and the mover op
-in flight (read-after-write, write-after-read, write-after-write; the overlap test and the
-range of each instruction are ``CycleSimulator._vector`` / ``_pim``'s). Because ops of the two
-units start in program order, the in-flight pair is everything an op can depend on. A vector
-op's ranges are released by its ``done``; a mover op's read range when its data is staged and
-its write range when its data is in vector memory (inputs from the top).
+free (a mover op: the data mover of every channel taking part) and its vector-memory ranges do
+not conflict with those of the ops in flight: every vector op in flight (up to
+:data:`~pimgpt.hdl.vector.MAX_IN_FLIGHT`: the unit overlaps ops by its issue rule) and each
+channel mover's op (read-after-write, write-after-read, write-after-write; the overlap test and
+the range of each instruction are ``CycleSimulator._vector`` / ``_move``'s). Because ops start
+in program order, the ops in flight are everything an op can depend on. Each vector op's ranges
+are released by its own ``done`` (vector ops complete in the order they started); a mover op's
+read range when its data is staged and its write range when its data is in vector memory, both
+per mover (inputs from the top).
 
 Performance counters
 --------------------
@@ -43,6 +46,9 @@ Reset by ``start``, counting until ``done``; read through ``ctr_addr`` -> ``ctr_
 """
 
 from __future__ import annotations
+
+import math
+from fractions import Fraction
 
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
@@ -58,7 +64,7 @@ from pimgpt.hdl.sequencer import op_layout
 from pimgpt.hdl.timing import DramCmd
 
 __all__ = ["MOVER_OPS", "TAG_BITS", "COUNTER_BITS", "dispatch_step", "asic_ratio",
-           "channel_entry_layout", "mover_layout", "asic_entry_layout", "counter_map",
+           "asic_edge", "channel_entry_layout", "mover_layout", "asic_entry_layout", "counter_map",
            "Controller"]
 
 #: PIM instructions that move data between vector memory and the channels (through the mover).
@@ -87,6 +93,18 @@ def asic_ratio(config: MachineConfig) -> int:
         raise PimgptError(f"the RTL needs the DRAM clock ({clk.dram_mhz} MHz) to be an integer "
                           f"multiple of the ASIC clock ({clk.asic_mhz} MHz)")
     return int(round(ratio))
+
+
+def asic_edge(config: MachineConfig, t: int, k: int = 1) -> int:
+    """The ``k``-th ASIC clock edge at or after DRAM cycle ``t`` (``k = 1``: the first). ASIC
+    cycle ``j`` begins in DRAM cycle ``ceil(j * dram_mhz / asic_mhz)`` counted from reset: every
+    ``asic_ratio``-th cycle when the ratio is an integer, as the RTL's ``asic_en``."""
+    r = Fraction(str(config.clocks.dram_mhz)) / Fraction(str(config.clocks.asic_mhz))
+    if r.denominator == 1:
+        n = r.numerator
+        return (-(-t // n) + k - 1) * n
+    j = math.floor((t - 1) / r) + 1  # the first j with j * r > t - 1
+    return math.ceil((j + k - 1) * r)
 
 
 def dispatch_step(config: MachineConfig) -> int:
@@ -209,8 +227,6 @@ class Controller(wiring.Component):
     ----------
     config : MachineConfig
         ``asic.imem_words`` sizes the instruction memory; geometry and clocks the rest.
-    queue_depth : int
-        Entries of each channel queue and of the ASIC queue.
 
     Attributes
     ----------
@@ -230,10 +246,12 @@ class Controller(wiring.Component):
     o_asic : Out(stream.Signature(asic_entry_layout)) -- the ASIC queue's head (the top routes
         it to the vector unit or the mover); ``valid`` only when it may start (unit free is the
         top's ``ready``; the scoreboard is checked here).
-    vec_idle, vec_release, vec_result : In -- the vector unit can take an op; its in-flight op
-        completes now (its ranges are released; VARGMAX writes ``vec_result`` to ``rd``).
-    mover_idle, mover_rd_release, mover_wr_release : In -- the mover can take an op; its read /
-        write range is released now.
+    vec_idle, vec_release, vec_result : In -- the vector unit can take the op at the queue's
+        head now (its issue rule, :class:`~pimgpt.hdl.vector.VectorIssue`); its oldest op in
+        flight completes now (its ranges are released; VARGMAX writes ``vec_result`` to ``rd``).
+    mover_idle, mover_rd_release, mover_wr_release : In(channels) -- each channel's data mover
+        can take an op; its op's read / write range is released now (a range several movers
+        hold is free once every one of them has released it).
     units_idle : In(1) -- every unit (channels, vector unit, mover) has finished its work.
     unit_busy : In(channels + 2) -- busy flags for the counters: channel sequencers, vector
         unit, mover.
@@ -242,13 +260,11 @@ class Controller(wiring.Component):
         performance counters (:func:`counter_map`).
     """
 
-    def __init__(self, config: MachineConfig, *, queue_depth: int = 4):
+    def __init__(self, config: MachineConfig):
         if not isinstance(config, MachineConfig):
             raise TypeError(f"config must be a MachineConfig, not {config!r}")
-        if type(queue_depth) is not int or queue_depth < 1:
-            raise PimgptError(f"queue_depth must be a positive integer, not {queue_depth!r}")
         self._config = config
-        self.queue_depth = queue_depth
+        self.queue_depth = config.asic.queue_depth
         self.step = dispatch_step(config)
         g = config.geometry
         nc = g.channels
@@ -266,7 +282,7 @@ class Controller(wiring.Component):
             **ch,
             "o_asic": Out(stream.Signature(asic_entry_layout(config))),
             "vec_idle": In(1), "vec_release": In(1), "vec_result": In(isa.SREG_BITS),
-            "mover_idle": In(1), "mover_rd_release": In(1), "mover_wr_release": In(1),
+            "mover_idle": In(nc), "mover_rd_release": In(nc), "mover_wr_release": In(nc),
             "units_idle": In(1),
             "unit_busy": In(nc + 2),
             "cmd_valid": In(nc), "cmd_code": In(data.ArrayLayout(DramCmd, nc)),
@@ -383,20 +399,24 @@ class Controller(wiring.Component):
             m.d.comb += words.eq(e_n[:_COUNT.width])
         with m.Else():  # RD_MAC, WR_ABK: one word per bank of every channel taking part
             m.d.comb += words.eq(sum(pf.ch_mask[c] for c in range(nc)) << lg_nb)
-        mask_ch = Signal(nc)
-        m.d.comb += mask_ch.eq(Mux(one_bank, targets, pf.ch_mask[:nc]))
+        # the movers taking part: those of the channels that get an op
         m.d.comb += [mo.op.eq(op), mo.vaddr.eq(e_vaddr), mo.words.eq(words),
                      mo.lane_off.eq(Mux((op == Op.WR_GB) | (op == Op.RD_MAC), 0, lane_off)),
-                     mo.col0.eq(first_col), mo.gb.eq(pf.gb), mo.ch_mask.eq(mask_ch),
+                     mo.col0.eq(first_col), mo.gb.eq(pf.gb), mo.ch_mask.eq(targets),
                      mo.ncmd.eq(ch_n), mo.tag.eq(tag)]
 
-        # --- scoreboard: the in-flight vector op and mover op ----------------------------------
+        # --- scoreboard: the in-flight vector op and each channel mover's op -------------------
         RB = _RANGE_BITS
-        v_busy = Signal()
-        v_r1, v_r1n, v_r2, v_r2n, v_w, v_wn = (Signal(RB, name=f"v_{n}") for n in
-                                                ("r1", "r1n", "r2", "r2n", "w", "wn"))
-        v_op, v_rd = Signal(isa.Opcode), Signal(4)
-        mv_r, mv_rn, mv_w, mv_wn = (Signal(RB, name=f"mv_{n}") for n in ("r", "rn", "w", "wn"))
+        # one entry per vector op in flight (at most vec.MAX_IN_FLIGHT, the unit's issue rule),
+        # allocated in start order; ops complete in that order, each releasing the oldest entry
+        VN = vec.MAX_IN_FLIGHT
+        vq = [{"busy": Signal(name=f"v{i}_busy"), "argmax": Signal(name=f"v{i}_argmax"),
+               "rd": Signal(4, name=f"v{i}_rd"),
+               **{n: Signal(RB, name=f"v{i}_{n}") for n in ("r1", "r1n", "r2", "r2n", "w", "wn")}}
+              for i in range(VN)]
+        v_old, v_new = Signal(range(VN)), Signal(range(VN))  # oldest entry, next free entry
+        mv = [{n: Signal(RB, name=f"mv{c}_{n}") for n in ("r", "rn", "w", "wn")}
+              for c in range(nc)]
 
         def vec_ranges(e):
             """(reads, writes) of a vector op as (lo, n) pairs (CycleSimulator._vector)."""
@@ -420,42 +440,60 @@ class Controller(wiring.Component):
         reads = [Mux(head.is_vec, hr1[0], mr[0]), Mux(head.is_vec, hr1[1], mr[1])]
         reads2 = [hr2[0], Mux(head.is_vec, hr2[1], 0)]
         writes = [Mux(head.is_vec, hw[0], mw[0]), Mux(head.is_vec, hw[1], mw[1])]
-        v_live = v_busy & ~self.vec_release
-        mr_live, mw_live = Signal(), Signal()  # the mover's ranges still held
-        m_rd_held, m_wr_held = Signal(), Signal()
+        # each vector op's ranges still held (the oldest is released by vec_release)
+        v_lives = [e["busy"] & ~(self.vec_release & (v_old == i)) for i, e in enumerate(vq)]
+        v_live = Signal()
+        m.d.comb += v_live.eq(Cat(v_lives).any())
+        # each mover's ranges still held
+        mr_live, mw_live = Signal(nc), Signal(nc)
+        m_rd_held, m_wr_held = Signal(nc), Signal(nc)
         m.d.comb += [mr_live.eq(m_rd_held & ~self.mover_rd_release),
                      mw_live.eq(m_wr_held & ~self.mover_wr_release)]
         hz = []
         for lo, n in (reads, reads2):
-            hz.append(v_live & _overlap(lo, n, v_w, v_wn))
-            hz.append(mw_live & _overlap(lo, n, mv_w, mv_wn))
+            hz += [lv & _overlap(lo, n, e["w"], e["wn"]) for lv, e in zip(v_lives, vq)]
+            for c in range(nc):
+                hz.append(mw_live[c] & _overlap(lo, n, mv[c]["w"], mv[c]["wn"]))
         lo, n = writes
-        for blo, bn in ((v_r1, v_r1n), (v_r2, v_r2n), (v_w, v_wn)):
-            hz.append(v_live & _overlap(lo, n, blo, bn))
-        hz.append(mr_live & _overlap(lo, n, mv_r, mv_rn))
-        hz.append(mw_live & _overlap(lo, n, mv_w, mv_wn))
+        for lv, e in zip(v_lives, vq):
+            for r in ("r1", "r2", "w"):
+                hz.append(lv & _overlap(lo, n, e[r], e[r + "n"]))
+        for c in range(nc):
+            hz.append(mr_live[c] & _overlap(lo, n, mv[c]["r"], mv[c]["rn"]))
+            hz.append(mw_live[c] & _overlap(lo, n, mv[c]["w"], mv[c]["wn"]))
         hazard = Signal()
         m.d.comb += hazard.eq(Cat(hz).any())
-        unit_free = Mux(head.is_vec, self.vec_idle, self.mover_idle)
+        # a mover op starts when every mover taking part is free (none taking part: at once)
+        movers_free = (head.mop.ch_mask & ~self.mover_idle) == 0
+        unit_free = Mux(head.is_vec, self.vec_idle, movers_free)
         m.d.comb += [self.o_asic.payload.eq(head),
                      self.o_asic.valid.eq(aq.o.valid & ~hazard & unit_free),
                      aq.o.ready.eq(self.o_asic.ready & ~hazard & unit_free)]
         started = aq.o.valid & aq.o.ready
-        with m.If(started & head.is_vec):
-            m.d.sync += [v_busy.eq(1), v_r1.eq(hr1[0]), v_r1n.eq(hr1[1]), v_r2.eq(hr2[0]),
-                         v_r2n.eq(hr2[1]), v_w.eq(hw[0]), v_wn.eq(hw[1]),
-                         v_op.eq(head.vop.opcode), v_rd.eq(head.rd)]
-        with m.Elif(self.vec_release):
-            m.d.sync += v_busy.eq(0)
-        with m.If(started & ~head.is_vec):
-            m.d.sync += [m_rd_held.eq(mr[1] != 0), m_wr_held.eq(mw[1] != 0),
-                         mv_r.eq(mr[0]), mv_rn.eq(mr[1]),
-                         mv_w.eq(mw[0]), mv_wn.eq(mw[1])]
-        with m.Else():
-            with m.If(self.mover_rd_release):
-                m.d.sync += m_rd_held.eq(0)
-            with m.If(self.mover_wr_release):
-                m.d.sync += m_wr_held.eq(0)
+        v_start = started & head.is_vec
+        with m.If(v_start):
+            m.d.sync += v_new.eq(Mux(v_new == VN - 1, 0, v_new + 1))
+        with m.If(self.vec_release):
+            m.d.sync += v_old.eq(Mux(v_old == VN - 1, 0, v_old + 1))
+        for i, e in enumerate(vq):
+            # (a full table: the op starting takes the entry released in the same cycle)
+            with m.If(v_start & (v_new == i)):
+                m.d.sync += [e["busy"].eq(1), e["r1"].eq(hr1[0]), e["r1n"].eq(hr1[1]),
+                             e["r2"].eq(hr2[0]), e["r2n"].eq(hr2[1]), e["w"].eq(hw[0]),
+                             e["wn"].eq(hw[1]), e["argmax"].eq(head.vop.opcode == Op.VARGMAX),
+                             e["rd"].eq(head.rd)]
+            with m.Elif(self.vec_release & (v_old == i)):
+                m.d.sync += e["busy"].eq(0)
+        for c in range(nc):
+            with m.If(started & ~head.is_vec & head.mop.ch_mask[c]):
+                m.d.sync += [m_rd_held[c].eq(mr[1] != 0), m_wr_held[c].eq(mw[1] != 0),
+                             mv[c]["r"].eq(mr[0]), mv[c]["rn"].eq(mr[1]),
+                             mv[c]["w"].eq(mw[0]), mv[c]["wn"].eq(mw[1])]
+            with m.Else():
+                with m.If(self.mover_rd_release[c]):
+                    m.d.sync += m_rd_held[c].eq(0)
+                with m.If(self.mover_wr_release[c]):
+                    m.d.sync += m_wr_held[c].eq(0)
 
         # --- dispatch --------------------------------------------------------------------------
         room = Signal()
@@ -464,8 +502,8 @@ class Controller(wiring.Component):
         need_asic = is_vec | is_mov
         m.d.comb += room.eq(~(need_ch & ch_full).any() & ~(need_asic & aq.full))
         all_idle = Signal()
-        m.d.comb += all_idle.eq(self.units_idle & ~aq.o.valid & ~v_live & ~mw_live
-                                & ~mr_live & ~Cat(q.o.valid for q in cq).any())
+        m.d.comb += all_idle.eq(self.units_idle & ~aq.o.valid & ~v_live & ~mw_live.any()
+                                & ~mr_live.any() & ~Cat(q.o.valid for q in cq).any())
         can = running & fetched & (wait == 0) & ~syncing
         dispatch = Signal()
         m.d.comb += dispatch.eq(can & room)
@@ -500,7 +538,8 @@ class Controller(wiring.Component):
 
         # VARGMAX's result comes back from the vector unit at its done
         # (one comparison per register: an Array write prints an incomplete case statement)
-        argmax_w = self.vec_release & v_busy & (v_op == Op.VARGMAX)
+        v_rd = Array(e["rd"] for e in vq)[v_old]
+        argmax_w = self.vec_release & Array(e["busy"] & e["argmax"] for e in vq)[v_old]
         for i in range(1, isa.NUM_SREGS):
             with m.If(argmax_w & (v_rd == i)):
                 m.d.sync += regs[i].eq(self.vec_result)

@@ -219,6 +219,10 @@ class Timing:
         return ns_to_cycles(getattr(self, name), clock_mhz)
 
 
+#: Values of ``Asic.data_path``.
+DATA_PATHS = ("mover", "ideal")
+
+
 @dataclass(frozen=True, kw_only=True)
 class Asic:
     """ASIC resources: the vector unit, its SRAM, and how long its work takes (ASIC cycles).
@@ -238,12 +242,22 @@ class Asic:
     recip_cycles: int = 13  # vrecip: 9 multiplies, 4 adds
     rsqrt_cycles: int = 14  # vrsqrt: 10 multiplies, 4 adds
     gelu_cycles: int = 49  # vgelu: 7 multiplies, 5 adds, then exp and reciprocal
+    queue_depth: int = 4  # entries of each channel queue and of the ASIC queue (controller)
+    #: How data moves between vector memory and the channels. ``"mover"``: each channel's data
+    #: mover stages writes and drains reads through the vector memory's row ports, ordered with
+    #: the vector ops (the RTL, hdl/top.py). ``"ideal"``: every channel reads and writes vector
+    #: memory directly at its I/O rate, at no ASIC-side cost and in no order with vector work,
+    #: as the paper's evaluation assumes; a what-if for the simulator, which the RTL refuses.
+    data_path: str = "mover"
 
     def __post_init__(self) -> None:
-        names = tuple(f.name for f in dataclasses.fields(self))
+        names = tuple(f.name for f in dataclasses.fields(self) if f.name != "data_path")
         _check_int("asic", self, names)
         _check_positive("asic", self, names)
         _check_pow2("asic", self, ("vector_lanes",))
+        if self.data_path not in DATA_PATHS:
+            raise PimgptError(f"asic.data_path must be one of {', '.join(DATA_PATHS)}, not "
+                              f"{self.data_path!r}")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -25,13 +25,25 @@ keep per-lane (first) maxima and combine them by a tree that prefers the lower i
 cycle ``t`` with ``n > 0`` elements reads beat ``j`` in cycle ``t + 1 + j`` (``beats =
 ceil(n / L)``) and asserts ``done`` in cycle ``t + beats + lat`` with :func:`op_latency`'s
 ``lat``; every result word is in memory (and ``result`` holds a ``VARGMAX`` index) from that cycle
-on, and ``i_op.ready`` is high again in it, so the next op can be accepted in the ``done`` cycle.
-An op with ``n = 0`` completes in cycle ``t + 1`` (the cycle simulator counts 0 cycles); a
-``VSUM`` with ``n = 0`` writes +0 to ``dst`` as the functional machine does.
+on. An elementwise op or function writes beat ``j`` in cycle ``t + lat + j``, a reduction its one
+word (``VARGMAX``: latches ``result``) in cycle ``t + beats + lat - 1`` (:func:`op_timing`). An op
+with ``n = 0`` completes in cycle ``t + 1``; a ``VSUM`` with ``n = 0`` writes +0 to ``dst`` in
+cycle ``t``, as the functional machine does.
 
-One op is in flight at a time (``i_op.ready`` is low from the accept until ``done``). The cycle
-simulator lets the next op start streaming as soon as the previous op's beats are out; that
-overlap is not implemented (results of different latencies would contend for the write ports).
+**Overlap.** Ops overlap: ``i_op.ready`` says, for the op presented, whether :class:`VectorIssue`
+lets it start now: (1) the previous op has read its last beat (``t >= t_prev + beats_prev``, one
+accept per cycle); (2) its first write comes after the previous op's ``done`` (one write port,
+results leave in order, so ``done`` pulses in accept order); (3) a ``VEXP`` / ``VRECIP`` waits
+until the last ``VGELU``'s beats have entered that lane pipeline (:data:`GELU_FEEDS`); (4) at most
+:data:`MAX_IN_FLIGHT` ops are in flight. Everything per op travels with its beats: the class,
+the opcode's controls (subtract, multiply, pass, immediates, broadcast) and a first-beat flag in
+delay registers down the pipelines (the first beat latches a broadcast word and restarts the
+reduction accumulators / maxima; a reduction's result leaves its tree into delay registers), and
+each op with elements leaves a write descriptor (``dst``, word count, class, the cycle of its
+first write) in a queue of :data:`MAX_IN_FLIGHT` that the writer takes in order. The unit does
+not check memory conflicts between ops in flight: an op that reads or writes what an earlier op
+in flight writes, or writes what it reads, must wait for that op's ``done`` (the controller's
+scoreboard; the cycle simulator's ``_ready`` / ``_free``).
 
 **Overlapping spans.** Beats are read before they are written, in address order, so ``dst ==
 a`` (in place) and ``dst < a`` are exact; ``dst > a`` with overlapping spans, which the functional
@@ -42,7 +54,7 @@ read once, at the first beat, so it may lie inside ``dst``.
 from __future__ import annotations
 
 import numpy as np
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, Value, signed
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2, exact_log2
@@ -54,7 +66,8 @@ from pimgpt.hdl.isa import Opcode as Op
 from pimgpt.hdl.params import Asic, MachineConfig
 from pimgpt.sim import numerics as nm
 
-__all__ = ["op_layout", "op_latency", "op_cycles", "VectorUnit", "PIPELINE_DEPTHS"]
+__all__ = ["op_layout", "op_latency", "op_cycles", "op_timing", "VectorIssue", "MAX_IN_FLIGHT",
+           "VectorUnit", "PIPELINE_DEPTHS", "GELU_FEEDS"]
 
 W = BINARY32.width
 SIGN = 1 << (W - 1)
@@ -352,24 +365,122 @@ def _gelu(p: _Pipe, x: _V, exp_stage, recip_stage) -> _V:
     return p.logic(lambda y, hx: Mux(hx == NEG_INF, NEG_ZERO, y), y, hx)
 
 
-def _build_depths() -> dict[str, int]:
-    """Pipeline depth (stages from the operand register to the result) of each function."""
+def _build_depths() -> tuple[dict[str, int], dict[str, int]]:
+    """Pipeline depth (stages from the operand register to the result) of each function, and
+    the stage (from GELU's operand register) at which GELU feeds each shared pipeline."""
     out = {}
     for name, fn in (("exp", _exp), ("recip", _recip), ("rsqrt", _rsqrt)):
         p = _Pipe(None, name)
         out[name] = fn(p, _V(Signal(W), 0)).stage
     p = _Pipe(None, "gelu")
+    feeds = {}
 
-    def ext(depth):
-        return lambda v: _V(Signal(W), v.stage + depth)
+    def ext(name):
+        def feed(v: _V) -> _V:
+            feeds[name] = v.stage
+            return _V(Signal(W), v.stage + out[name])
+        return feed
 
-    out["gelu"] = _gelu(p, _V(Signal(W), 0), ext(out["exp"]), ext(out["recip"])).stage
-    return out
+    out["gelu"] = _gelu(p, _V(Signal(W), 0), ext("exp"), ext("recip")).stage
+    return out, feeds
 
 
 #: Stages of each function's datapath between its operand register and its result, as built:
 #: one per dependent floating-point operation (exp 22, recip 13, rsqrt 14, gelu 46).
-PIPELINE_DEPTHS: dict[str, int] = _build_depths()
+#: ``GELU_FEEDS``: GELU feeds its lane's exp pipeline 6 stages and its reciprocal pipeline 29
+#: stages after its operand register; a VEXP / VRECIP beat enters them from its own operand
+#: register (stage 0), so a GELU beat uses a shared pipeline's first stage that many cycles
+#: after a VEXP / VRECIP beat read in the same cycle would.
+PIPELINE_DEPTHS, GELU_FEEDS = _build_depths()
+
+
+# --- the issue rule ------------------------------------------------------------------------------
+
+#: The most vector ops in flight at once (accepted, ``done`` not yet reached): the depth of the
+#: unit's write-descriptor queue and of the controller's vector scoreboard.
+MAX_IN_FLIGHT = 8
+
+
+def op_timing(asic: Asic, op: Op, n: int) -> tuple[int, int, int]:
+    """``(slot, write, done)`` of an op on ``n`` elements accepted in ASIC cycle ``t``, as
+    offsets from ``t``: it reads its operands in cycles ``t + 1 .. t + slot`` (``slot = beats =
+    ceil(n / lanes)``; 1 and no read for ``n = 0``); its results use the write port from cycle
+    ``t + write`` (one beat per cycle: ``write = op_latency`` for the elementwise ops and the
+    functions; a reduction writes one word, or for ``VARGMAX`` latches ``result``, in cycle
+    ``t + beats + op_latency - 1``; ``write = 0`` for ``n = 0``: a ``VSUM`` writes +0 in the
+    accept cycle); ``done`` is ``t + done``, the cycle after its last write (``done = beats +
+    op_latency``, 1 for ``n = 0``)."""
+    if n == 0:
+        return 1, 0, 1
+    beats = -(-n // asic.vector_lanes)
+    lat = op_latency(asic, op)
+    return beats, (beats + lat - 1 if op in _REDUCTIONS else lat), beats + lat
+
+
+class VectorIssue:
+    """The vector unit's issue rule: the earliest cycle the next op may be accepted, given the
+    ops accepted before it (the one rule of :class:`VectorUnit` and ``CycleSimulator._vector``).
+
+    Op ``k`` (``n_k`` elements, accepted in cycle ``t_k``; ``slot_k, write_k, done_k`` from
+    :func:`op_timing`, ``done_k`` absolute) may be accepted in cycle ``t`` when
+
+    1. **read port**: ``t >= t_{k-1} + slot_{k-1}`` (the previous op has read its last beat;
+       one accept per cycle);
+    2. **write port, in order**: ``t + write_k >= done_{k-1}`` (its first write comes after the
+       previous op's last one, so ops complete in the order they were accepted);
+    3. **shared pipelines**: a ``VEXP`` (``VRECIP``) op: ``t >= t_g + beats_g +
+       GELU_FEEDS["exp"]`` (``["recip"]``) for the last ``VGELU`` ``g`` with elements (its
+       beats have entered the lane's exp / reciprocal pipeline before the op's first beat);
+    4. **ops in flight**: ``t >= done_{k - MAX_IN_FLIGHT}``.
+
+    The reduction state needs nothing more: every beat carries its op's first-beat flag, so a
+    reduction's first beat restarts the lane accumulators / maxima while the trees hold the
+    previous one's. Conflicts through memory (an op reading what an op in flight writes, ...)
+    are the scoreboard's (the controller; the cycle simulator's ``_ready`` / ``_free``).
+
+    Times are ASIC cycles, or any unit ``cycles`` converts a count of ASIC cycles into (the
+    cycle simulator passes its ``asic_cycles``: DRAM command-clock cycles).
+    """
+
+    def __init__(self, asic: Asic, cycles=None):
+        self.asic = asic
+        self._cycles = cycles if cycles is not None else (lambda k: k)
+        #: the end of the last op's read slot: no op is accepted earlier (rule 1)
+        self.free = 0
+        #: the last op's ``done``: every op accepted so far has completed by then
+        self.done = 0
+        self._pipes = {"exp": 0, "recip": 0}  # rule 3, by the VEXP / VRECIP op
+        self._dones: list[int] = []  # done of the last MAX_IN_FLIGHT ops (rule 4)
+
+    def bounds(self, op: Op, n: int, t: int) -> dict[str, int]:
+        """The cycle from which each part of the rule lets ``op`` on ``n`` elements start
+        (``"read"``, ``"write"``, ``"pipe"``, ``"in_flight"``: rules 1-4), and ``t``."""
+        _slot, write, _done = op_timing(self.asic, op, n)
+        pipe = {Op.VEXP: "exp", Op.VRECIP: "recip"}.get(op)
+        return {"t": t, "read": self.free, "write": self.done - self._cycles(write),
+                "pipe": self._pipes[pipe] if pipe else 0,
+                "in_flight": self._dones[0] if len(self._dones) == MAX_IN_FLIGHT else 0}
+
+    def earliest_start(self, op: Op, n: int, t: int) -> int:
+        """The first cycle ``>= t`` in which the unit accepts ``op`` on ``n`` elements."""
+        return max(self.bounds(op, n, t).values())
+
+    def accept(self, op: Op, n: int, t: int) -> int:
+        """Book ``op`` on ``n`` elements accepted in cycle ``t`` (at least
+        :meth:`earliest_start`); returns its ``done`` cycle."""
+        if t < self.earliest_start(op, n, t):
+            raise PimgptError(f"{op.name} accepted in cycle {t}, before the issue rule allows "
+                              f"({self.earliest_start(op, n, t)})")
+        slot, _write, done = op_timing(self.asic, op, n)
+        cyc = self._cycles
+        self.free = t + cyc(slot)
+        done = t + cyc(done)
+        self.done = max(self.done, done)
+        if op is Op.VGELU and n:
+            for pipe, stage in GELU_FEEDS.items():
+                self._pipes[pipe] = t + cyc(slot + stage)
+        self._dones = (self._dones + [done])[-MAX_IN_FLIGHT:]
+        return done
 
 
 # --- the unit ------------------------------------------------------------------------------------
@@ -413,12 +524,14 @@ class VectorUnit(wiring.Component):
     Attributes
     ----------
     i_op : In(stream.Signature(op_layout()))
-        vector ops (resolved operands); ``ready`` is high while the unit is idle and in the
-        cycle its op completes.
+        vector ops (resolved operands); ``ready`` is high when :class:`VectorIssue` lets the
+        presented op start in this cycle (it depends on the payload, never on ``valid``).
     busy : Out(1)
-        an op is in flight (accepted, ``done`` not yet reached).
+        an op is in flight that does not complete in this cycle (accepted, ``done`` not yet
+        reached).
     done : Out(1)
-        one-cycle pulse: the last accepted op has completed (see the module docstring).
+        one-cycle pulse: the oldest op in flight has completed (ops complete in the order they
+        were accepted; see the module docstring).
     result : Out(isa.SREG_BITS)
         the index of the last completed ``VARGMAX`` (for the scalar register ``rd``), valid
         from its ``done`` on.
@@ -475,6 +588,7 @@ class VectorUnit(wiring.Component):
         NW = _VF["n"].shape.width
         CW = ceil_log2((1 << NW) // L + 2 + max(op_latency(asic, op) for op in Op
                                                 if op in isa.VECTOR_OPS))
+        NC = len(_CLASSES)
 
         mems = [memory.Memory(data) for data in self.banks]
         for k, mem in enumerate(mems):
@@ -486,62 +600,80 @@ class VectorUnit(wiring.Component):
         op = self.i_op.payload
         accept = self.i_op.valid & self.i_op.ready
 
-        # --- control: counters set when an op is accepted -----------------------------------
-        cnt = Signal(range(1 << CW))  # cycles to done (1: done now, 0: idle)
-        cls = Signal(len(_CLASSES))  # one-hot class of the op in flight
-        opc = Signal(isa.Opcode)
-        imm = Signal(W)
-        bcast = Signal()
-        rd_left = Signal(NW + 1)  # elements still to read
-        rd_a_ptr, rd_b_ptr = Signal(AW + 1), Signal(AW + 1)
-        wr_wait = Signal(range(1 << CW))  # cycles until the first write
-        wr_left = Signal(NW + 1)  # elements still to write
-        wr_ptr = Signal(AW + 1)
-
-        def is_cls(name: str) -> Value:
-            return cls[_CLASSES.index(name)]
-
+        # --- the presented op, decoded ------------------------------------------------------
+        beats = Signal(NW + 1)
+        m.d.comb += beats.eq((op.n + (L - 1)) >> lg)
+        op_cls = Signal(NC)  # one-hot class; 0: not a vector op (completes at once, no effect)
+        w_off = Signal(CW)  # op_timing's ``write``
+        d_off = Signal(CW)  # op_timing's ``done``
+        is_sub, is_mul, pass_x, imm_x, imm_y = (Signal(name=f"dec_{n}") for n in
+                                                ("is_sub", "is_mul", "pass_x", "imm_x", "imm_y"))
+        lat = Const(0, CW)  # op_latency (one per class)
+        lats = {}
+        for o in isa.VECTOR_OPS:
+            lats.setdefault(_class_of(o), set()).add(op_latency(asic, o))
+        for i, c in enumerate(_CLASSES):
+            ops_c = sorted((o for o in isa.VECTOR_OPS if _class_of(o) == c), key=lambda o: o.value)
+            (lat_c,) = lats[c]
+            m.d.comb += op_cls[i].eq(Cat(op.opcode == o for o in ops_c).any())
+            lat = lat | Mux(op_cls[i], lat_c, 0)
+        red = op_cls[_CLASSES.index("sum")] | op_cls[_CLASSES.index("max")]
+        no_beats = Signal()  # done the next cycle (writes only VSUM's +0, at once)
+        m.d.comb += [no_beats.eq((op.n == 0) | (op_cls == 0)),
+                     w_off.eq(Mux(no_beats, 0, Mux(red, beats + lat - 1, lat))),
+                     d_off.eq(Mux(no_beats, 1, beats + lat))]
         m.d.comb += [
-            self.done.eq(cnt == 1),
-            self.busy.eq(cnt > 1),
-            self.i_op.ready.eq(~self.busy),
+            is_sub.eq(op.opcode == Op.VSUB),
+            is_mul.eq((op.opcode == Op.VMUL) | (op.opcode == Op.VMULI)),
+            pass_x.eq((op.opcode == Op.VSET) | (op.opcode == Op.VMOV)),
+            imm_x.eq(op.opcode == Op.VSET),  # VSET: x = imm
+            imm_y.eq((op.opcode == Op.VADDI) | (op.opcode == Op.VMULI)),  # y = imm
         ]
-        with m.If(cnt != 0):
-            m.d.sync += cnt.eq(cnt - 1)
-        with m.If(wr_wait != 0):
-            m.d.sync += wr_wait.eq(wr_wait - 1)
 
-        beats = (op.n + (L - 1)) >> lg
+        # --- the issue rule (VectorIssue), in hardware --------------------------------------
+        rd_left = Signal(NW + 1)  # elements still to read (this cycle's beat included)
+        in_flight = Signal(range(MAX_IN_FLIGHT + 1))
+        until_done = Signal(CW)  # cycles until the last accepted op's done (0: reached)
+        pipe_wait = {p: Signal(CW, name=f"{p}_wait") for p in GELU_FEEDS}  # rule 3
+        done = Signal()
+        m.d.comb += [
+            self.done.eq(done),
+            self.busy.eq(in_flight > done),
+            self.i_op.ready.eq(
+                (rd_left <= L)  # 1: the read port is free from the next cycle on
+                & (w_off >= until_done)  # 2: the first write follows the last op's done
+                & ~(op_cls[_CLASSES.index("exp")] & (pipe_wait["exp"] != 0))  # 3
+                & ~(op_cls[_CLASSES.index("recip")] & (pipe_wait["recip"] != 0))
+                & ((in_flight < MAX_IN_FLIGHT) | done)),  # 4
+        ]
+        m.d.sync += in_flight.eq(in_flight + accept - done)
         with m.If(accept):
-            m.d.sync += [opc.eq(op.opcode), imm.eq(op.imm), bcast.eq(op.bcast),
-                         rd_left.eq(op.n), rd_a_ptr.eq(op.a), rd_b_ptr.eq(op.b),
-                         wr_ptr.eq(op.dst)]
-            with m.Switch(op.opcode):
-                for o in isa.VECTOR_OPS:
-                    c = _class_of(o)
-                    s = self.write_stage[c]
-                    with m.Case(o):
-                        m.d.sync += cls.eq(1 << _CLASSES.index(c))
-                        with m.If(op.n == 0):
-                            m.d.sync += [cnt.eq(1), wr_left.eq(0), wr_wait.eq(0)]
-                        with m.Else():
-                            m.d.sync += cnt.eq(beats + op_latency(asic, o))
-                            if c in ("sum", "max"):
-                                # one word after the last beat (none for VARGMAX)
-                                m.d.sync += [wr_wait.eq(beats + s),
-                                             wr_left.eq(0 if o is Op.VARGMAX else 1)]
-                            else:
-                                m.d.sync += [wr_wait.eq(s + 1), wr_left.eq(op.n)]
-                with m.Default():  # not a vector op: completes at once, does nothing
-                    m.d.sync += [cls.eq(0), cnt.eq(1), rd_left.eq(0), wr_left.eq(0),
-                                 wr_wait.eq(0)]
+            m.d.sync += until_done.eq(d_off - 1)
+        with m.Elif(until_done != 0):
+            m.d.sync += until_done.eq(until_done - 1)
+        for pipe, stage in GELU_FEEDS.items():
+            w = pipe_wait[pipe]
+            with m.If(accept & op_cls[_CLASSES.index("gelu")] & (op.n != 0)):
+                m.d.sync += w.eq(beats + (stage - 1))
+            with m.Elif(w != 0):
+                m.d.sync += w.eq(w - 1)
 
-        # --- read: one beat per cycle -------------------------------------------------------
+        # --- read: one beat per cycle, each with its op's control ---------------------------
+        rd_a_ptr, rd_b_ptr = Signal(AW + 1), Signal(AW + 1)
+        rd_first = Signal()  # the beat read now is its op's first
+        rd_cls = Signal(NC)
+        rd_ctl = Signal(data.StructLayout({
+            "is_sub": 1, "is_mul": 1, "pass_x": 1, "imm_x": 1, "imm_y": 1, "bcast": 1, "imm": W}))
         rd_active = rd_left != 0
-        with m.If(rd_active & ~accept):
+        with m.If(accept):
+            m.d.sync += [rd_left.eq(Mux(op_cls != 0, op.n, 0)), rd_a_ptr.eq(op.a),
+                         rd_b_ptr.eq(op.b), rd_first.eq(1), rd_cls.eq(op_cls),
+                         rd_ctl.eq(Cat(is_sub, is_mul, pass_x, imm_x, imm_y, op.bcast, op.imm))]
+        with m.Elif(rd_active):
             m.d.sync += [rd_left.eq(Mux(rd_left > L, rd_left - L, 0)),
                          rd_a_ptr.eq(rd_a_ptr + L),
-                         rd_b_ptr.eq(Mux(bcast, rd_b_ptr, rd_b_ptr + L))]
+                         rd_b_ptr.eq(Mux(rd_ctl.bcast, rd_b_ptr, rd_b_ptr + L)),
+                         rd_first.eq(0)]
         host_bank = Signal(max(lg, 1))
         m.d.sync += host_bank.eq(self.host_addr[:lg] if lg else 0)
         a_addr = Mux(rd_active, rd_a_ptr, self.host_addr)
@@ -554,20 +686,26 @@ class VectorUnit(wiring.Component):
         else:
             m.d.comb += self.host_rdata.eq(rd_a[0].data)
 
-        # data stage (the cycle after the read): valid, lane mask, rotations, first beat
+        # data stage (stage 0, the cycle after the read): the beat's valid, first flag, lane
+        # mask, rotations, class and control
         d_valid, d_first = Signal(), Signal()
         d_mask = Signal(L)
         d_rot_a, d_rot_b = Signal(max(lg, 1)), Signal(max(lg, 1))
+        d_cls = Signal(NC)
+        d_ctl = Signal.like(rd_ctl)
         m.d.sync += [
-            d_valid.eq(rd_active & ~accept),
-            d_first.eq(accept),
+            d_valid.eq(rd_active),
+            d_first.eq(rd_first),
             d_mask.eq(Cat(*(rd_left > i for i in range(L)))),
             d_rot_a.eq(rd_a_ptr[:lg] if lg else 0),
             d_rot_b.eq(rd_b_ptr[:lg] if lg else 0),
+            d_cls.eq(Mux(rd_active, rd_cls, 0)),
+            d_ctl.eq(rd_ctl),
         ]
-        # d_first: the beat read right after the accept is the first one
-        first_beat = Signal()
-        m.d.sync += first_beat.eq(d_first)
+
+        def is_cls(name: str) -> Value:
+            """A beat of class ``name`` is in the data stage."""
+            return d_cls[_CLASSES.index(name)]
 
         def rotate_in(ports, rot):
             both = Cat(*(p.data for p in ports), *(p.data for p in ports))
@@ -580,50 +718,47 @@ class VectorUnit(wiring.Component):
         m.submodules.rotate_in = rot_mod
         rot_mod.d.comb += [ops_a.eq(rotate_in(rd_a, d_rot_a)),
                            ops_b.eq(rotate_in(rd_b, d_rot_b))]
-        with m.If(d_valid & first_beat):
+        with m.If(d_valid & d_first):
             m.d.sync += b_latch.eq(ops_b[:W])
-        b_word = Mux(first_beat, ops_b[:W], b_latch)  # a broadcast word, read once
+        b_word = Mux(d_first, ops_b[:W], b_latch)  # a broadcast word, read once per op
 
-        # --- per-class operand registers (stage 1), loaded only when their class runs --------
+        # per-beat control down the pipelines: delay registers shared by the lanes
+        cp = _Pipe(m, "ctl")
+        c_sub, c_mul, c_pass = (_V(d_ctl.is_sub, 0), _V(d_ctl.is_mul, 0),
+                                _V(d_ctl.pass_x, 0))
+        c_gelu = _V(is_cls("gelu"), 0)
+
+        def ctl(v: _V, stage: int) -> _V:
+            """Control value ``v`` of the data stage, delayed to ``stage`` with its beat."""
+            return _V(cp.at(v, stage), stage)
+
+        # --- per-class operand registers (stage 1), loaded only by beats of their class ------
         def operand(name: str, value: Value) -> _V:
             reg = Signal(W, name=f"{name}_opd")
             mod = Module()
-            with mod.If(d_valid & is_cls(name.split("_")[0])):
+            with mod.If(is_cls(name.split("_")[0])):
                 mod.d.sync += reg.eq(value)
             m.submodules[f"{name}_opd"] = mod
             return _V(reg, 1)
 
-        # control of the elementwise ops, decoded once
-        is_sub = Signal()
-        is_mul = Signal()
-        pass_x = Signal()
-        imm_x = Signal()  # VSET: x = imm
-        imm_y = Signal()  # VADDI / VMULI: y = imm
-        m.d.comb += [
-            is_sub.eq(opc == Op.VSUB),
-            is_mul.eq((opc == Op.VMUL) | (opc == Op.VMULI)),
-            pass_x.eq((opc == Op.VSET) | (opc == Op.VMOV)),
-            imm_x.eq(opc == Op.VSET),
-            imm_y.eq((opc == Op.VADDI) | (opc == Op.VMULI)),
-        ]
-
         outs: dict[str, list[Value]] = {c: [] for c in _CLASSES}
         for lane in range(L):
             xa = ops_a.word_select(lane, W)
-            yb = Mux(bcast, b_word, ops_b.word_select(lane, W))
+            yb = Mux(d_ctl.bcast, b_word, ops_b.word_select(lane, W))
 
             # elementwise: add (or subtract) and multiply side by side, then select
             p = _Pipe(m, f"ew{lane}")
-            x = operand(f"ew_x{lane}", Mux(imm_x, imm, xa))
-            y = operand(f"ew_y{lane}", Mux(imm_y, imm, yb))
-            ysub = p.logic(lambda y: Mux(is_sub, y ^ SIGN, y), y)
+            x = operand(f"ew_x{lane}", Mux(d_ctl.imm_x, d_ctl.imm, xa))
+            y = operand(f"ew_y{lane}", Mux(d_ctl.imm_y, d_ctl.imm, yb))
+            ysub = p.logic(lambda y, sub: Mux(sub, y ^ SIGN, y), y, ctl(c_sub, y.stage))
             s, prod = p.add(x, ysub), p.mul(x, y)
-            res = p.logic(lambda s, pr, x: Mux(is_mul, pr, Mux(pass_x, x, s)),
-                          s, prod, p.delay(x, 2))
+            st = p._stage(s, prod)
+            res = p.logic(lambda s, pr, x, mul, pas: Mux(mul, pr, Mux(pas, x, s)),
+                          s, prod, p.delay(x, st), ctl(c_mul, st), ctl(c_pass, st))
             outs["ew"].append(p.at(res, self.write_stage["ew"]))
 
-            # exp and reciprocal: fed by their own operand, or by GELU
-            gelu_sel = is_cls("gelu")
+            # exp and reciprocal: fed by their own operand, or by a GELU beat at the stage
+            # GELU feeds them (rule 3 of VectorIssue keeps the two apart)
             exp_in, recip_in = Signal(W, name=f"exp_in{lane}"), Signal(W, name=f"recip_in{lane}")
             pe, pr = _Pipe(m, f"exp{lane}"), _Pipe(m, f"recip{lane}")
             e_out = _exp(pe, _V(exp_in, 0))
@@ -631,18 +766,18 @@ class VectorUnit(wiring.Component):
             e_op = operand(f"exp_x{lane}", xa)
             r_op = operand(f"recip_x{lane}", xa)
             pg = _Pipe(m, f"gelu{lane}")
-            feeds = {}
 
-            def feed(v: _V, inp: Signal, own: _V, out: _V, key: str, pg=pg, feeds=feeds) -> _V:
+            def feed(v: _V, inp: Signal, own: _V, out: _V, key: str, pipe: str) -> _V:
+                if v.stage - own.stage != GELU_FEEDS[pipe]:
+                    raise AssertionError(f"GELU feeds {pipe} at stage {v.stage}")
                 mod = Module()
-                mod.d.comb += inp.eq(Mux(gelu_sel, v.sig, own.sig))
+                mod.d.comb += inp.eq(Mux(ctl(c_gelu, v.stage).sig, v.sig, own.sig))
                 m.submodules[f"{key}_feed"] = mod
-                feeds[key] = v.stage
                 return _V(out.sig, v.stage + out.stage)
 
             g_out = _gelu(pg, operand(f"gelu_x{lane}", xa),
-                          lambda v: feed(v, exp_in, e_op, e_out, f"exp{lane}"),
-                          lambda v: feed(v, recip_in, r_op, r_out, f"recip{lane}"))
+                          lambda v: feed(v, exp_in, e_op, e_out, f"exp{lane}", "exp"),
+                          lambda v: feed(v, recip_in, r_op, r_out, f"recip{lane}", "recip"))
             outs["gelu"].append(pg.at(g_out, self.write_stage["gelu"]))
             # as VEXP / VRECIP their operand register is stage 1, their input stage 0
             outs["exp"].append(pe.at(e_out, self.write_stage["exp"] - 1))
@@ -652,32 +787,32 @@ class VectorUnit(wiring.Component):
             outs["rsqrt"].append(pq.at(q_out, self.write_stage["rsqrt"] - 1))
 
         # --- reductions: lane step at stage 1, tree, one result word -----------------------
-        r_valid = Signal()
+        r_valid, r_sum, r_max, r_first = Signal(), Signal(), Signal(), Signal()
         r_mask = Signal(L)
-        r_beat = Signal(NW)
+        r_beat = Signal(NW)  # beat index of the next reduction beat of the op
         red_x = [Signal(W, name=f"red_x{lane}") for lane in range(L)]
         red_sel = is_cls("sum") | is_cls("max")
-        m.d.sync += r_valid.eq(d_valid & red_sel)
-        with m.If(d_valid & red_sel):
+        m.d.sync += [r_valid.eq(red_sel), r_sum.eq(is_cls("sum")), r_max.eq(is_cls("max")),
+                     r_first.eq(d_first)]
+        with m.If(red_sel):
             m.d.sync += r_mask.eq(d_mask)
             m.d.sync += [red_x[lane].eq(ops_a.word_select(lane, W)) for lane in range(L)]
-        with m.If(accept):
-            m.d.sync += r_beat.eq(0)
-        with m.Elif(r_valid):
-            m.d.sync += r_beat.eq(r_beat + 1)
+        beat_idx = Mux(r_first, 0, r_beat)
+        with m.If(r_valid):
+            m.d.sync += r_beat.eq(beat_idx + 1)
 
-        # sum: lane accumulators from +0 (masked lanes add +0, which changes nothing: a lane
-        # sum starting at +0 is never -0), then the balanced tree of mac_tree
+        # sum: lane accumulators from +0 at each op's first beat (masked lanes add +0, which
+        # changes nothing: a lane sum starting at +0 is never -0), then the balanced tree of
+        # mac_tree, one level per stage
         level = []
         for lane in range(L):
             acc = Signal(W, name=f"acc{lane}")
             add = F32Add()
             m.submodules[f"acc_add{lane}"] = add
             mod = Module()
-            mod.d.comb += [add.a.eq(acc), add.b.eq(Mux(r_mask[lane], red_x[lane], 0))]
-            with mod.If(accept):
-                mod.d.sync += acc.eq(0)
-            with mod.Elif(r_valid & is_cls("sum")):
+            mod.d.comb += [add.a.eq(Mux(r_first, 0, acc)),
+                           add.b.eq(Mux(r_mask[lane], red_x[lane], 0))]
+            with mod.If(r_valid & r_sum):
                 mod.d.sync += acc.eq(add.y)
             m.submodules[f"acc{lane}"] = mod
             level.append(acc)
@@ -697,8 +832,9 @@ class VectorUnit(wiring.Component):
             level = nxt
         sum_out = level[0]
 
-        # max / argmax: per lane the first largest non-NaN element and whether a NaN was seen;
-        # the tree keeps the larger value, on equal values the lower index
+        # max / argmax: per lane the first largest non-NaN element and whether a NaN was seen
+        # (restarted by each op's first beat); the tree keeps the larger value, on equal values
+        # the lower index
         IW = NW
         best = []
         for lane in range(L):
@@ -708,14 +844,14 @@ class VectorUnit(wiring.Component):
             nan = Signal(name=f"seen_nan{lane}")
             mod = Module()
             x = red_x[lane]
-            take = r_mask[lane] & ~_is_nan(x) & (~ok | _gt(x, val))
-            with mod.If(accept):
-                mod.d.sync += [ok.eq(0), nan.eq(0)]
-            with mod.Elif(r_valid & is_cls("max")):
+            take = r_mask[lane] & ~_is_nan(x) & (r_first | ~ok | _gt(x, val))
+            with mod.If(r_valid & r_max):
                 with mod.If(take):
-                    mod.d.sync += [val.eq(x), idx.eq(Cat(Const(lane, lg), r_beat)[:IW]), ok.eq(1)]
-                with mod.If(r_mask[lane] & _is_nan(x)):
-                    mod.d.sync += nan.eq(1)
+                    mod.d.sync += [val.eq(x), idx.eq(Cat(Const(lane, lg), beat_idx)[:IW]),
+                                   ok.eq(1)]
+                with mod.Elif(r_first):
+                    mod.d.sync += ok.eq(0)
+                mod.d.sync += nan.eq((nan & ~r_first) | (r_mask[lane] & _is_nan(x)))
             m.submodules[f"best{lane}"] = mod
             best.append((val, idx, ok, nan))
         depth = 0
@@ -735,44 +871,93 @@ class VectorUnit(wiring.Component):
                 nxt.append((val, idx, ok, nan))
             best = nxt
         (mval, midx, mok, mnan), = best
-        outs["sum"] = [sum_out] + [Const(0, W)] * (L - 1)
-        outs["max"] = [Mux(mnan, CANON_NAN_F32, mval)] + [Const(0, W)] * (L - 1)
-        # ``result`` must hold the index in the done cycle itself: present it combinationally
-        result_reg = Signal(isa.SREG_BITS)
-        empty = Signal()  # the op in flight has no elements (its tree holds stale values)
-        with m.If(accept):
-            m.d.sync += empty.eq(op.n == 0)
-        index = Mux(mok & ~empty, midx, 0)
-        m.d.comb += self.result.eq(Mux(self.done & (opc == Op.VARGMAX), index, result_reg))
-        with m.If(self.done & (opc == Op.VARGMAX)):
-            m.d.sync += result_reg.eq(index)
+        # the trees hold an op's result for one cycle (stage 2 + lg after its last beat): it
+        # travels to the write stage in delay registers
+        tree = 2 + lg
+        rp = _Pipe(m, "red")
+        max_word = Signal(W)
+        index = Signal(isa.SREG_BITS)
+        m.d.comb += [max_word.eq(Mux(mnan, CANON_NAN_F32, mval)), index.eq(Mux(mok, midx, 0))]
+        outs["sum"] = [rp.at(_V(sum_out, tree), self.write_stage["sum"])] + [Const(0, W)] * (L - 1)
+        outs["max"] = [rp.at(_V(max_word, tree), self.write_stage["max"])] + [Const(0, W)] * (L - 1)
+        index_w = rp.at(_V(index, tree), self.write_stage["max"])
 
-        # --- write: one beat per cycle, rotated into the banks -------------------------------
-        wr_active = (wr_wait == 0) & (wr_left != 0)
-        with m.If(wr_active & ~accept):
-            m.d.sync += [wr_left.eq(Mux(wr_left > L, wr_left - L, 0)), wr_ptr.eq(wr_ptr + L)]
+        # --- write: descriptors of the ops in flight, one writing at a time, in order ---------
+        # ``due`` is the cycle before the op's first write (op_timing's ``write``), counted on a
+        # free-running cycle counter; rule 2 keeps the descriptors in the order of their writes
+        now = Signal(CW)
+        m.d.sync += now.eq(now + 1)
+        desc = data.StructLayout({"dst": AW + 1, "count": NW + 1, "cls": NC, "argmax": 1,
+                                  "due": CW})
+        D = MAX_IN_FLIGHT
+        q = Array(Signal(desc, name=f"wq{i}") for i in range(D))
+        q_wr, q_rd = Signal(range(D)), Signal(range(D))
+        q_n = Signal(range(D + 1))
+        push = accept & ~no_beats
+        head = q[q_rd]
+        pop = Signal()
+        m.d.comb += pop.eq((q_n != 0) & (head.due == now))
+        entry = Signal(desc)
+        m.d.comb += [entry.dst.eq(op.dst), entry.cls.eq(op_cls),
+                     entry.count.eq(Mux(op.opcode == Op.VARGMAX, 0, Mux(red, 1, op.n))),
+                     entry.argmax.eq(op.opcode == Op.VARGMAX), entry.due.eq(now + w_off - 1)]
+        wq_mod = Module()
+        m.submodules.write_queue = wq_mod
+        for i in range(D):  # one comparison per entry: an Array write prints an incomplete case
+            with wq_mod.If(push & (q_wr == i)):
+                wq_mod.d.sync += q[i].eq(entry)
+        with m.If(push):
+            m.d.sync += q_wr.eq(Mux(q_wr == D - 1, 0, q_wr + 1))
+        with m.If(pop):
+            m.d.sync += q_rd.eq(Mux(q_rd == D - 1, 0, q_rd + 1))
+        m.d.sync += q_n.eq(q_n + push - pop)
+
+        # the writer: the op writing now (one beat per cycle from its first write on)
+        w_active = Signal()
+        w_left = Signal(NW + 1)  # words still to write (this cycle's included)
+        w_ptr = Signal(AW + 1)
+        w_cls = Signal(NC)
+        w_argmax = Signal()
+        with m.If(pop):
+            m.d.sync += [w_active.eq(1), w_left.eq(head.count), w_ptr.eq(head.dst),
+                         w_cls.eq(head.cls), w_argmax.eq(head.argmax)]
+        with m.Elif(w_active):
+            m.d.sync += [w_left.eq(Mux(w_left > L, w_left - L, 0)), w_ptr.eq(w_ptr + L),
+                         w_active.eq(w_left > L)]
+        w_last = w_active & (w_left <= L)
+        m.d.sync += done.eq(w_last | (accept & no_beats))
+
+        # ``result``: latched by a VARGMAX in its write slot, so it holds the index from done on
+        # (an empty VARGMAX gives 0)
+        result_reg = Signal(isa.SREG_BITS)
+        m.d.comb += self.result.eq(result_reg)
+        with m.If(w_active & w_argmax):
+            m.d.sync += result_reg.eq(index_w)
+        with m.Elif(accept & (op.opcode == Op.VARGMAX) & (op.n == 0)):
+            m.d.sync += result_reg.eq(0)
+
         wdata = Signal(L * W)
         wsel = Module()
         m.submodules.write_select = wsel
-        with wsel.Switch(cls):
+        with wsel.Switch(w_cls):
             for c in _CLASSES:
                 with wsel.Case(1 << _CLASSES.index(c)):
                     wsel.d.comb += wdata.eq(Cat(*outs[c]))
             with wsel.Default():  # idle (nothing is written)
                 wsel.d.comb += wdata.eq(0)
-        rot = wr_ptr[:lg] if lg else 0
-        wmask = Cat(*(wr_left > i for i in range(L)))
+        rot = w_ptr[:lg] if lg else 0
+        wmask = Cat(*(w_left > i for i in range(L)))
         if lg:
             rdata = (Cat(wdata, wdata) << (rot * W))[L * W:2 * L * W]
             rmask = (Cat(wmask, wmask) << rot)[L:2 * L]
         else:
             rdata, rmask = wdata, wmask
-        # a VSUM of no elements writes +0 at once
+        # a VSUM of no elements writes +0 at once (rule 2: the write port is free then)
         zero_sum = accept & (op.opcode == Op.VSUM) & (op.n == 0)
         idle = ~self.busy & ~accept
         for k in range(L):
-            row = _bank_row(wr_ptr, k, lg)
-            with m.If(wr_active):
+            row = _bank_row(w_ptr, k, lg)
+            with m.If(w_active):
                 m.d.comb += [wr[k].addr.eq(row), wr[k].data.eq(rdata.word_select(k, W)),
                              wr[k].en.eq(rmask[k])]
             with m.Elif(zero_sum):

@@ -2,12 +2,20 @@
 
 Time is counted in DRAM command-clock cycles (``clocks.dram_mhz``) from 0. The model:
 
-- **Controller.** Instructions are dispatched in program order, one per ``asic.issue_cycles``
-  ASIC cycles; scalar and branch instructions finish at dispatch. Each PIM channel and the
-  vector unit executes its instructions in order; an instruction starts when it is dispatched,
-  its unit is free and the vector-memory words it reads (written by earlier instructions) are
-  ready and those it writes are no longer in use (a scoreboard over address ranges). ``SYNC``
-  and ``END`` wait for every unit.
+- **Controller** (the RTL controller's rules, hdl/controller.py and hdl/top.py). Instructions
+  are dispatched in program order, one per ``asic.issue_cycles`` ASIC cycles; scalar and branch
+  instructions finish at dispatch. A PIM instruction goes to the queue of every channel it
+  issues commands on; a vector instruction, and a PIM instruction that moves data between vector
+  memory and the channels, to the ASIC queue. Every queue holds ``asic.queue_depth`` entries and
+  dispatch waits while one it needs is full. ASIC-queue ops start in program order, at most one
+  per cycle, when their unit is free and the vector-memory words they read (written by earlier
+  instructions) are ready and those they write are no longer in use (a scoreboard over address
+  ranges). ``SYNC`` and ``END`` wait for every unit (an idle channel owing a refresh issues it
+  first); dispatch resumes the cycle after a ``SYNC`` that had to wait.
+- **Data movers.** Each channel has one (hdl/top.py): a data-moving instruction starts when the
+  movers of all its channels are idle; a write to the channels first stages its words, one
+  ``vector_lanes`` row per ASIC cycle, then the channels send them; a read collects each
+  channel's data, then drains that channel's words into vector memory, one row per ASIC cycle.
 - **Channels.** Each PIM instruction becomes DRAM commands on every channel of its mask
   (ACT/ACT16, MAC/MAC16, WRGB, RDMAC, RD/WR, WR16, PRE/PREA, REF), each issued at the earliest
   cycle that satisfies every rule of :data:`pimgpt.hdl.timing.RULES`, the tFAW window and one
@@ -15,10 +23,11 @@ Time is counted in DRAM command-clock cycles (``clocks.dram_mhz``) from 0. The m
   row of that bank). Refresh: when a channel starts an instruction or opens a row at or after a
   refresh due time (every tREFI), it first closes its rows and issues REF at the earliest legal
   cycle no sooner than the due time.
-- **Vector unit.** An operation on N elements streams ceil(N / lanes) beats, one per ASIC
-  cycle, and completes after the pipeline latency (deeper for exp, reciprocal, rsqrt and GELU,
-  log2(lanes) adder levels more for reductions); the next operation may start streaming as soon
-  as the previous one has.
+- **Vector unit.** An operation starts on an ASIC clock edge; on N elements it streams
+  ceil(N / lanes) beats, one per ASIC cycle, and completes after the pipeline latency
+  (:func:`pimgpt.hdl.vector.op_latency`: deeper for exp, reciprocal, rsqrt and GELU, log2(lanes)
+  adder levels more for reductions); when the next one may start is the unit's issue rule
+  (:class:`pimgpt.hdl.vector.VectorIssue`: ops overlap, results leave in order).
 
 ``fast=True`` computes each run of same-kind column commands inside one row in closed form
 (first command by the rules, the rest at the fixed spacing the rules force); the result is
@@ -38,8 +47,8 @@ from pimgpt.hdl.isa import Opcode as Op
 from pimgpt.hdl.params import MachineConfig, ns_to_cycles
 from pimgpt.hdl.timing import (ALL_BANK_CMDS, FAW, REFRESH, RULE_CMDS, RULES, DramCmd, Scope,
                                bank_group, rule_cmd)
-from pimgpt.hdl.controller import dispatch_step
-from pimgpt.hdl.vector import op_latency
+from pimgpt.hdl.controller import asic_edge, dispatch_step
+from pimgpt.hdl.vector import VectorIssue
 from pimgpt.mapping.pimbin import PimBinary
 from pimgpt.sim.scalar import SCALAR_EXEC, exec_scalar, set_reg
 from pimgpt.sim.trace import TraceEntry
@@ -260,6 +269,13 @@ class CycleSimulator:
         self.counters: Counter = Counter()
         self.channels = [_Channel(self, c) for c in range(self.nc)]
         self.vec_free = 0
+        # the ASIC queue (vector and mover ops, started in program order) and the data mover
+        self.asic_last = NEVER  # start of the last ASIC-queue op
+        self.mover_free = [0] * self.nc  # each channel's data mover
+        # leave cycles of the last queue_depth entries of each channel queue and the ASIC queue
+        self.queue_depth = config.asic.queue_depth
+        self.left: dict[object, deque[int]] = {
+            key: deque(maxlen=self.queue_depth) for key in [*range(self.nc), "asic"]}
         self.dispatch = 0
         self.now = 0  # completion of the last run
         self.writes: list[tuple[int, int, int]] = []  # vmem (lo, hi, ready)
@@ -321,13 +337,20 @@ class CycleSimulator:
                              for f in isa.FIELDS[isa.format_of(i.op)]}) for i in code]
         self.meta = dict(meta or {})
 
-    def run(self, regs: dict[int, int] | None = None, max_steps: int = 50_000_000) -> StepTiming:
-        """Time one run of the program from pc 0 to END, starting when the last run ended."""
+    def run(self, regs: dict[int, int] | None = None, max_steps: int = 50_000_000,
+            start: int | None = None) -> StepTiming:
+        """Time one run of the program from pc 0 to END. Its first dispatch is in cycle
+        ``start`` (counted from reset; the machine idles, refreshing, until then) or, by
+        default, in the cycle the last run ended."""
         r = self.regs  # persistent across runs, like the functional machine's
         for k, v in (regs or {}).items():
             set_reg(r, k, v)
         before = Counter(self.counters)
-        start = self.now
+        if start is None:
+            start = self.now
+        elif start < self.now:
+            raise PimgptError(f"a run cannot start at cycle {start}: the last one ended at "
+                              f"{self.now}")
         self.dispatch = max(self.dispatch, start)
         pc, steps, code = 0, 0, self.code
         while True:
@@ -345,17 +368,18 @@ class CycleSimulator:
                 pc = pc + 1 if nxt is None else nxt
                 continue
             if op is Op.END or op is Op.SYNC:
-                done = max([self.vec_free, t] + [self._channel_done()]
-                           + [e[2] for e in self.writes] + [e[2] for e in self.reads])
-                self.dispatch = max(self.dispatch, done)
+                idle = self._idle(t)
                 if op is Op.END:
-                    self.now = done
+                    self.now = idle
                     break
+                # the controller leaves SYNC the cycle after everything is idle
+                self.dispatch = max(self.dispatch, idle + 1 if idle > t else idle)
             elif op is not Op.NOP:
                 try:
-                    self._execute(op, a, r, t)
+                    t = self._execute(op, a, r, t)
                 except PimgptError as exc:
                     raise PimgptError(f"pc {pc} ({op.name}): {exc}") from None
+                self.dispatch = t + self.dispatch_step
             pc += 1
         delta = Counter(self.counters)
         delta.subtract(before)
@@ -363,6 +387,29 @@ class CycleSimulator:
 
     def _channel_done(self) -> int:
         return max((c.last + 1 for c in self.channels if c.last >= 0), default=0)
+
+    def _idle(self, t: int) -> int:
+        """The first cycle >= ``t`` in which every unit has finished (SYNC / END): the vector
+        unit, the mover and every sequencer, including a refresh that falls due meanwhile (an
+        idle sequencer refreshes as soon as one is due and is busy until it has)."""
+        done = max([t, self.vec_free, *self.mover_free, self._channel_done()]
+                   + [e[2] for e in self.writes] + [e[2] for e in self.reads])
+        while True:
+            due = [ch for ch in self.channels if ch.next_ref <= done]
+            if not due:
+                return done
+            for ch in due:
+                ch.refresh_if_due(done)
+                done = max(done, ch.last + 1)
+
+    def _room(self, keys: Iterable[object], t: int) -> int:
+        """The first cycle >= ``t`` in which none of the queues ``keys`` is full: an entry
+        leaves its queue in the cycle its unit takes it, and the queue counts it until then."""
+        for key in keys:
+            left = self.left[key]
+            if len(left) == self.queue_depth:
+                t = max(t, left[0] + 1)
+        return t
 
     def finish(self) -> None:
         """Issue the refreshes due by the end of the last run (idle channels refresh too)."""
@@ -401,31 +448,31 @@ class CycleSimulator:
             raise PimgptError(f"channel mask 0x{mask:x} names channels this machine lacks")
         return [self.channels[c] for c in range(self.nc) if mask >> c & 1]
 
-    def _execute(self, op: Op, a: dict[str, int], regs: list[int], t: int) -> None:
+    def _execute(self, op: Op, a: dict[str, int], regs: list[int], t: int) -> int:
+        """Time one PIM or vector instruction dispatched at ``t`` at the earliest; returns
+        the cycle it is dispatched in (later when a queue it needs is full)."""
         if op in isa.PIM_OPS:
-            self._pim(op, a, regs, t)
-        else:
-            self._vector(op, a, regs, t)
+            return self._pim(op, a, regs, t)
+        return self._vector(op, a, regs, t)
 
-    def _pim(self, op: Op, a: dict[str, int], regs: list[int], t: int) -> None:
+    def _asic_start(self, t: int) -> int:
+        """Book the ASIC queue's head start at ``t`` (one op leaves the queue per cycle)."""
+        self.asic_last = t
+        self.left["asic"].append(t)
+        return t
+
+    def _present(self, ch: _Channel, t: int) -> None:
+        """Channel ``ch`` sees its next op from cycle ``t``: the sequencer refreshes first if
+        one is due, then takes the op (the op leaves the channel queue)."""
+        ch.refresh_if_due(t)
+        self.left[ch.index].append(max(t, ch.last + 1))
+
+    def _pim(self, op: Op, a: dict[str, int], regs: list[int], t: int) -> int:
         lanes, nb = self.lanes, self.nb
         e = lambda name: self._eff(a, regs, name)  # noqa: E731
         n = e("n")
-        ends = []
         kind = "mac" if op in (Op.MAC_ABK, Op.MAC_SBK) else "move"
-        if op is Op.WR_GB:
-            self._gb_span(a["gb"], n)
-            src = self._vspan(e("vaddr"), n * lanes)
-            t0 = max(t, self._ready(*src))
-            for ch in self._chans(a["ch_mask"]):
-                s = max(t0, ch.last + 1)
-                ch.refresh_if_due(t0)
-                last = ch.channel_cmds(C.WRGB, n, t0, a["gb"]) if n else t0
-                self.counters["io_bits"] += n * lanes * 16
-                ends.append(last + self.wrgb_latency)
-                self._span(f"ch{ch.index}", kind, op, s, last + 1)
-            self._note([src], max(ends, default=t0), [], 0)
-        elif op in (Op.MAC_ABK, Op.MAC_SBK):
+        if op in (Op.MAC_ABK, Op.MAC_SBK):
             addr = e("addr")
             if addr % lanes:
                 raise PimgptError(f"MAC address {addr} is not column-aligned")
@@ -435,62 +482,160 @@ class CycleSimulator:
                 targets = [(ch, None) for ch in self._chans(a["ch_mask"])]
             else:
                 targets = [self._bank(e("bank"))]
+            if not n:
+                return t
+            t = self._room([ch.index for ch, _ in targets], t)
             for ch, bank in targets:
                 s = max(t, ch.last + 1)
-                ch.refresh_if_due(t)
+                self._present(ch, t)
                 cmd = C.MAC16 if bank is None else C.MAC
-                last = ch.column_run(cmd, bank, addr // lanes, n, t) if n else s
+                last = ch.column_run(cmd, bank, addr // lanes, n, t)
                 self.counters["mac_columns"] += n * (nb if bank is None else 1)
                 self._span(f"ch{ch.index}", kind, op, s, last + 1)
-        elif op is Op.RD_MAC:
+            return t
+        if self.cfg.asic.data_path == "ideal":
+            return self._move_ideal(op, a, regs, t, n)
+        return self._move(op, a, regs, t, n)
+
+    def _move_ideal(self, op: Op, a: dict[str, int], regs: list[int], t: int, n: int) -> int:
+        """``asic.data_path == "ideal"``: each channel moves its share straight between vector
+        memory and the DRAM at its I/O rate, with no mover, no staging or draining and no order
+        with the vector ops (the source must be ready, the destination free)."""
+        lanes, nb = self.lanes, self.nb
+        e = lambda name: self._eff(a, regs, name)  # noqa: E731
+        ends = []
+        if op in (Op.WR_GB, Op.RD_MAC, Op.WR_ABK):
             chans = self._chans(a["ch_mask"])
-            dst = self._vspan(e("vaddr"), len(chans) * nb)
-            t0 = max(t, self._free(*dst))
-            for ch in chans:
-                s = max(t0, ch.last + 1)
-                ch.refresh_if_due(t0)
-                tr = ch.channel_cmds(C.RDMAC, 1, t0)
-                self.counters["io_bits"] += nb * 16
-                ends.append(tr + self.rdmac_latency)
-                self._span(f"ch{ch.index}", kind, op, s, tr + self.rdmac_latency)
-            self._note([], 0, [dst], max(ends, default=t0))
-        elif op in (Op.WR_BANK, Op.RD_BANK):
+            if op is Op.WR_GB:
+                self._gb_span(a["gb"], n)
+                span = self._vspan(e("vaddr"), n * lanes)
+                chans = chans if n else []
+            else:
+                span = self._vspan(e("vaddr"), len(chans) * nb)
+                if op is Op.WR_ABK:
+                    addr = e("addr")
+                    self._bank_span(addr, 1)
+        else:  # WR_BANK, RD_BANK
             addr = e("addr")
             ch, bank = self._bank(e("bank"))
             self._bank_span(addr, n)
             span = self._vspan(e("vaddr"), n)
-            t0 = max(t, self._ready(*span) if op is Op.WR_BANK else self._free(*span))
+            chans = [ch] if n else []
+        reads_vmem = op in (Op.WR_GB, Op.WR_BANK, Op.WR_ABK)
+        t = self._room([ch.index for ch in chans], t)
+        t0 = max(t, self._ready(*span) if reads_vmem else self._free(*span))
+        for ch in chans:
             s = max(t0, ch.last + 1)
-            ch.refresh_if_due(t0)
-            if n:
+            self._present(ch, t0)
+            if op is Op.WR_GB:
+                last = ch.channel_cmds(C.WRGB, n, t0, a["gb"])
+                end = last + self.wrgb_latency
+                self.counters["io_bits"] += n * lanes * 16
+            elif op is Op.RD_MAC:
+                last = ch.channel_cmds(C.RDMAC, 1, t0)
+                end = last + self.rdmac_latency
+                self.counters["io_bits"] += nb * 16
+            elif op is Op.WR_ABK:
+                last = ch.column_run(C.WR16, None, addr // lanes, 1, t0)
+                end = last + self.wr_latency
+                self.counters["io_bits"] += lanes * 16
+            else:
                 first, lastc = addr // lanes, (addr + n - 1) // lanes
                 cmd = C.WR if op is Op.WR_BANK else C.RD
                 last = ch.column_run(cmd, bank, first, lastc - first + 1, t0)
+                end = last + (self.wr_latency if op is Op.WR_BANK else self.rd_latency)
                 self.counters["io_bits"] += (lastc - first + 1) * lanes * 16
-            else:
-                last = s
-            lat = self.wr_latency if op is Op.WR_BANK else self.rd_latency
-            self._span(f"ch{ch.index}", kind, op, s, last + lat)
-            if op is Op.WR_BANK:
-                self._note([span], last + lat, [], 0)
-            else:
-                self._note([], 0, [span], last + lat)
-        elif op is Op.WR_ABK:
-            chans = self._chans(a["ch_mask"])
-            addr = e("addr")
-            self._bank_span(addr, 1)
-            src = self._vspan(e("vaddr"), len(chans) * nb)
-            t0 = max(t, self._ready(*src))
-            for ch in chans:
-                s = max(t0, ch.last + 1)
-                ch.refresh_if_due(t0)
-                last = ch.column_run(C.WR16, None, addr // lanes, 1, t0)
-                self.counters["io_bits"] += lanes * 16
-                ends.append(last + self.wr_latency)
-                self._span(f"ch{ch.index}", kind, op, s, last + self.wr_latency)
-            self._note([src], max(ends, default=t0), [], 0)
+            ends.append(end)
+            self._span(f"ch{ch.index}", "move", op, s, end)
+        done = max(ends, default=t0)
+        if reads_vmem:
+            self._note([span], done, [], 0)
+        else:
+            self._note([], 0, [span], done)
+        return t
 
-    def _vector(self, op: Op, a: dict[str, int], regs: list[int], t: int) -> None:
+    def _move(self, op: Op, a: dict[str, int], regs: list[int], t: int, n: int) -> int:
+        """A PIM instruction that moves data between vector memory and the channels, through
+        the one data mover (hdl/top.py): it starts in ASIC-queue order once its vector-memory
+        range is free; a write stages its words (one ``vector_lanes`` row per ASIC cycle) before
+        the channels send them; a read collects the channels' data, then drains it into vector
+        memory (one row per ASIC cycle)."""
+        lanes, nb = self.lanes, self.nb
+        e = lambda name: self._eff(a, regs, name)  # noqa: E731
+        cfg = self.cfg
+        reads_vmem = op in (Op.WR_GB, Op.WR_BANK, Op.WR_ABK)
+        if op in (Op.WR_GB, Op.RD_MAC, Op.WR_ABK):
+            chans = self._chans(a["ch_mask"])
+            if op is Op.WR_GB:
+                self._gb_span(a["gb"], n)
+                words, ncmd = n * lanes, n
+            else:
+                words, ncmd = len(chans) * nb, 1
+                if op is Op.WR_ABK:
+                    addr = e("addr")
+                    self._bank_span(addr, 1)
+            first = 0
+        else:  # WR_BANK, RD_BANK
+            addr = e("addr")
+            ch, bank = self._bank(e("bank"))
+            self._bank_span(addr, n)
+            chans = [ch]
+            words = n
+            first = addr // lanes
+            ncmd = (addr + n - 1) // lanes - first + 1 if n else 0
+        span = self._vspan(e("vaddr"), words)
+        targets = chans if ncmd else []
+        t = self._room([ch.index for ch in targets] + ["asic"], t)
+        x = max([t, self.asic_last + 1, self._ready(*span) if reads_vmem else self._free(*span)]
+                + [self.mover_free[ch.index] for ch in targets])
+        self._asic_start(x)
+        L = cfg.asic.vector_lanes
+        rows = (span[1] - 1) // L - span[0] // L + 1 if words else 0
+        if reads_vmem and words:
+            staged = asic_edge(cfg, x + 1, rows + 1)  # the source range is released here
+            go = staged + 1
+        else:
+            staged, go = x + 1, x + 1
+        released = x + 1  # (reads) the destination range: every channel's data drained
+        for rank, ch in enumerate(targets):
+            s = max(go, ch.last + 1)
+            self._present(ch, go)
+            if op is Op.WR_GB:
+                last = ch.channel_cmds(C.WRGB, n, go, a["gb"])
+                end = last + self.wrgb_latency
+                self.counters["io_bits"] += n * lanes * 16
+            elif op is Op.RD_MAC:
+                last = ch.channel_cmds(C.RDMAC, 1, go)
+                end = last + self.rdmac_latency
+                self.counters["io_bits"] += nb * 16
+            elif op is Op.WR_ABK:
+                last = ch.column_run(C.WR16, None, addr // lanes, 1, go)
+                end = last + self.wr_latency
+                self.counters["io_bits"] += lanes * 16
+            else:
+                cmd = C.WR if op is Op.WR_BANK else C.RD
+                last = ch.column_run(cmd, bank, first, ncmd, go)
+                end = last + (self.wr_latency if op is Op.WR_BANK else self.rd_latency)
+                self.counters["io_bits"] += ncmd * lanes * 16
+            if reads_vmem:
+                self.mover_free[ch.index] = last + 2
+            else:
+                # this channel's words: all of RD_BANK's, RD_MAC's banks_per_channel at its rank
+                lo, hi = (span[0] + rank * nb, span[0] + (rank + 1) * nb) if op is Op.RD_MAC \
+                    else span
+                end = asic_edge(cfg, end + 2, (hi - 1) // L - lo // L + 1)  # drained
+                self.mover_free[ch.index] = end + 1
+                released = max(released, end)
+            # the instruction runs on this channel from its mover's start to its data's arrival
+            # (writes) or the drain's end (reads)
+            self._span(f"ch{ch.index}", "move", op, min(s, x), end)
+        if reads_vmem:
+            self._note([span], staged, [], 0)
+        else:
+            self._note([], 0, [span], released)
+        return t
+
+    def _vector(self, op: Op, a: dict[str, int], regs: list[int], t: int) -> int:
         n = a["n"] + regs[a["n_reg"]]
         dst = a["dst"] + regs[a["dst_reg"]]
         src = a["a"] + regs[a["a_reg"]]
@@ -506,13 +651,20 @@ class CycleSimulator:
             writes.append(self._vspan(dst, n))
         self.counters["vmem_words"] += sum(hi - lo for lo, hi in reads + writes)
         beats = math.ceil(n / self.cfg.asic.vector_lanes)
-        lat = op_latency(self.cfg.asic, op)  # the RTL vector unit's own figure
-        start = max([t, self.vec_free] + [self._ready(lo, hi) for lo, hi in reads]
-                    + [self._free(lo, hi) for lo, hi in writes])
-        busy = self.asic_cycles(beats) if n else 0
-        done = start + (self.asic_cycles(beats + lat) if n else 0)
-        self.vec_free = start + busy
+        # the RTL vector unit's own issue rule (ops overlap; op_latency inside)
+        issue = getattr(self, "vec_issue", None)
+        if issue is None:
+            issue = self.vec_issue = VectorIssue(self.cfg.asic, self.asic_cycles)
+        t = self._room(["asic"], t)
+        # the unit takes an op on an ASIC clock edge, in ASIC-queue order
+        start = asic_edge(self.cfg, issue.earliest_start(
+            op, n, max([t, self.asic_last + 1] + [self._ready(lo, hi) for lo, hi in reads]
+                       + [self._free(lo, hi) for lo, hi in writes])))
+        self._asic_start(start)
+        done = issue.accept(op, n, start)  # an op of no elements: at the next ASIC edge
+        self.vec_free = issue.free  # no vector op starts earlier
         self.counters["asic_cycles"] += beats
         self.counters[f"asic_{op.name}"] += n
         self._note(reads, done, writes, done)
         self._span("vector", "asic", op, start, done)
+        return t

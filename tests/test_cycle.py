@@ -9,6 +9,7 @@ import pytest
 from helpers.randprog import random_config, random_program
 
 from pimgpt.hdl import isa
+from pimgpt.hdl.controller import asic_edge
 from pimgpt.hdl.isa import Opcode as Op
 from pimgpt.hdl.params import GDDR6, PAPER, TINY, ns_to_cycles
 from pimgpt.hdl.timing import DramCmd
@@ -38,7 +39,9 @@ def commands(sim):
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_single_row_pass_hand_computed(name):
     """ACT16 at 0, first MAC16 tRCD_MAC later, the rest tCCD_L apart, RDMAC tCCD_L after the
-    last MAC, its data tCL_REG + tBL later: that is when END completes."""
+    last MAC, its data tCL_REG + tBL later; the channel's mover writes the 16 words (one vector
+    memory row) at the first ASIC edge two cycles after the data and is idle one cycle later:
+    that is when END completes."""
     c = PRESETS[name]
     n = 4
     sim, step = run(c, [isa.make(Op.MAC_ABK, ch_mask=1, addr=0, n=n, gb=0),
@@ -49,9 +52,11 @@ def test_single_row_pass_hand_computed(name):
     rdmac = first + (n - 1) * ccd + ccd
     expect.append((rdmac, "RDMAC"))
     assert commands(sim) == expect
-    assert step.cycles == rdmac + cyc(c, "tCL_REG") + cyc(c, "tBL")
-    if name == "paper":  # 2 GHz: tRCD_MAC 28 ns = 56, tCCD_L 1 ns = 2, tCL_REG + tBL = 4
-        assert step.cycles == 56 + 3 * 2 + 2 + 4 == 68
+    data = rdmac + cyc(c, "tCL_REG") + cyc(c, "tBL")
+    assert step.cycles == asic_edge(c, data + 2) + 1
+    if name == "paper":  # 2 GHz: tRCD_MAC 28 ns = 56, tCCD_L 1 ns = 2, tCL_REG + tBL = 4;
+        # ASIC edges every 2 cycles
+        assert step.cycles == 56 + 3 * 2 + 2 + 4 + 2 + 1 == 71
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -79,10 +84,13 @@ def test_write_global_buffer_then_mac_waits_for_the_data():
     sim, _ = run(c, [isa.make(Op.WR_GB, ch_mask=1, gb=0, n=2, vaddr=0),
                      isa.make(Op.MAC_ABK, ch_mask=1, addr=0, n=1, gb=0), isa.make(Op.END)])
     got = commands(sim)
-    assert got[:2] == [(0, "WRGB"), (2, "WRGB")]  # tBL apart on the data bus
+    # the mover stages the 32 words (one vector-memory row): the row is read at the first ASIC
+    # edge after it starts and captured at the second; the channel sends from the cycle after
+    go = asic_edge(c, 1, 2) + 1
+    assert got[:2] == [(go, "WRGB"), (go + 2, "WRGB")]  # tBL apart on the data bus
     act = got[2][0]
-    assert got[3] == (max(act + cyc(c, "tRCD_MAC"), 2 + cyc(c, "tCWL_GB") + cyc(c, "tBL")),
-                      "MAC16")
+    assert got[3] == (max(act + cyc(c, "tRCD_MAC"),
+                          go + 2 + cyc(c, "tCWL_GB") + cyc(c, "tBL")), "MAC16")
 
 
 def test_single_bank_write_needs_its_row_then_the_all_bank_mac_reopens():
@@ -101,7 +109,7 @@ def test_vector_work_waits_for_mac_results():
                         isa.make(Op.RD_MAC, ch_mask=1, vaddr=0),
                         isa.make(Op.VEXP, dst=100, a=0, n=16), isa.make(Op.END)])
     rdmac = [t for t, n in commands(sim) if n == "RDMAC"][0]
-    ready = rdmac + cyc(c, "tCL_REG") + cyc(c, "tBL")
+    ready = asic_edge(c, rdmac + cyc(c, "tCL_REG") + cyc(c, "tBL") + 2)  # drained
     one_beat = 1 + c.asic.vec_latency + c.asic.exp_cycles  # 16 lanes: one beat, then latency
     assert step.cycles == ready + sim.asic_cycles(one_beat)
 

@@ -3,25 +3,31 @@
 Every program runs on one elaborated :class:`PimGptTop` (a ``tiny`` variant with a smaller
 vector and instruction memory; elaborating the top is the slow part): its memories are loaded
 directly (``ctx.set`` on the memory data), ``start`` is pulsed and the run ends at ``done``.
-Values (vector memory, scalar registers) must equal :class:`FunctionalMachine`'s bit for bit;
-the cycle count (the ``cycles`` counter) is compared with :class:`CycleSimulator`, exactly where
-the RTL follows the simulator's rules and within the documented differences (hdl/top.py) where
-it does not.
+Values (vector memory, scalar registers, bank contents) must equal :class:`FunctionalMachine`'s
+bit for bit; the cycle count (the ``cycles`` counter) and every DRAM command the sequencers
+issue (cycle, channel, command, row, column) must equal :class:`CycleSimulator`'s for the run
+started in the same cycle. Directed programs plus seeded random legal programs (differential
+testing: a failure names the seed and the first differing command).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import random
 
 import numpy as np
 import pytest
 from amaranth.hdl import ClockDomain, Module
 from amaranth.sim import Simulator
 
+from helpers.randprog import random_rtl_program
+
 from pimgpt.hdl import isa
 from pimgpt.hdl.isa import Opcode as Op
 from pimgpt.hdl.isa import make
 from pimgpt.hdl.params import preset
+from pimgpt.hdl.timing import (ALL_BANK_CMDS, CHANNEL_CMDS, COLUMN_OPERAND_CMDS,
+                               ROW_OPERAND_CMDS, DramCmd)
 from pimgpt.hdl.top import PimGptTop
 from pimgpt.mapping.pimbin import PimBinary
 from pimgpt.sim.cycle import CycleSimulator
@@ -29,9 +35,10 @@ from pimgpt.sim.machine import FunctionalMachine
 from pimgpt.sim import numerics as nm
 
 TINY = preset("tiny")
+ROWS = 16  # rows of every bank (the whole bank is modelled)
 CFG = dataclasses.replace(TINY, name="tiny-rtl-top", asic=dataclasses.replace(
-    TINY.asic, vmem_words=1024, imem_words=256))
-ROWS = 16  # modelled rows of every bank
+    TINY.asic, vmem_words=1024, imem_words=256),
+    geometry=dataclasses.replace(TINY.geometry, rows=ROWS))
 G = CFG.geometry
 ELEMS = ROWS * G.row_elems  # bank elements the RTL holds
 
@@ -85,6 +92,11 @@ class Rtl:
                     gbank % G.banks_per_channel]
                 for col in range(cols.shape[1]):
                     ctx.set(data[col], [int(x) for x in cols[gbank, col]])
+            # the global buffers start empty, as the functional machine's (memories keep their
+            # contents across the design reset between programs)
+            for ch in top.channels:
+                for col in range(G.gb_cols):
+                    ctx.set(ch.gb_data[col], [0] * lanes)
             for r, v in regs.items():
                 ctx.set(top.reg_addr, r)
                 ctx.set(top.reg_wdata, v & 0xFFFFFFFF)
@@ -94,13 +106,21 @@ class Rtl:
             ctx.set(top.start, 1)
             await ctx.tick()
             ctx.set(top.start, 0)
+            # cycles since reset: the first dispatch is the cycle after start
+            out["start"] = len(regs) + 1
             n = 0
+            cmds = []
             while not ctx.get(top.done):
                 assert not ctx.get(top.error), f"error raised after {n} cycles"
+                for c, seq in enumerate(top.sequencers):
+                    if ctx.get(seq.o_cmd.valid):
+                        p = ctx.get(seq.o_cmd.payload)
+                        cmds.append(_entry(out["start"] + n, c, p))
                 await ctx.tick()
                 n += 1
                 assert n < max_cycles, "no END"
             out["wall"] = n
+            out["trace"] = cmds
             out["counters"] = {}
             for name, addr in top.counters.items():
                 ctx.set(top.ctr_addr, addr)
@@ -127,6 +147,15 @@ class Rtl:
             assert not ctx.get(top.error)
 
 
+def _entry(cycle: int, channel: int, p) -> tuple:
+    """A sequencer command as the simulator's trace fields (None where it carries none)."""
+    cmd = DramCmd(p.cmd)
+    return (cycle, channel, cmd,
+            None if cmd in ALL_BANK_CMDS or cmd in CHANNEL_CMDS else int(p.bank),
+            int(p.row) if cmd in ROW_OPERAND_CMDS else None,
+            int(p.col) if cmd in COLUMN_OPERAND_CMDS else None)
+
+
 PROGRAMS = {}  # test name -> (program, regs); filled below, run together by the fixture
 
 
@@ -138,7 +167,7 @@ def rtl() -> dict:
     for name, (code, regs) in PROGRAMS.items():
         rng = np.random.default_rng(len(code))
         vmem0 = rng.standard_normal(CFG.asic.vmem_words).astype(np.float32)
-        image = nm.f32_to_bf16_bits(rng.standard_normal((G.banks, 4 * G.row_elems))
+        image = nm.f32_to_bf16_bits(rng.standard_normal((G.banks, G.bank_elems))
                                     .astype(np.float32))
         out: dict = {}
         r.jobs.append(((code, vmem0, image, regs), out))
@@ -153,10 +182,10 @@ def golden(code, vmem0, image, regs):
     for r, v in regs.items():
         fm.set_reg(r, v)
     fm.run()
-    cs = CycleSimulator(CFG)
+    cs = CycleSimulator(CFG, trace=True)
     cs.load_code(code)
-    timing = cs.run(dict(regs))
-    return fm, timing
+    timing = cs.run(dict(regs), start=len(regs) + 1)  # the RTL's first dispatch cycle
+    return fm, timing, cs.trace
 
 
 def check(rtl: dict, name: str) -> dict:
@@ -164,7 +193,7 @@ def check(rtl: dict, name: str) -> dict:
     RTL's outputs plus the simulator's cycles and counters for the caller's timing checks."""
     (code, vmem0, image, regs), out = rtl[name]
     assert "regs" in out, "the RTL run did not finish"
-    fm, timing = golden(code, vmem0, image, regs)
+    fm, timing, trace = golden(code, vmem0, image, regs)
     assert out["regs"] == fm.regs
     np.testing.assert_array_equal(out["vmem"].view(np.uint32), fm.vmem.view(np.uint32))
     lm = fm.lm  # (lanes, cols, banks)
@@ -172,6 +201,7 @@ def check(rtl: dict, name: str) -> dict:
     np.testing.assert_array_equal(out["image"], want[:, :out["image"].shape[1]])
     out["sim_cycles"] = timing.cycles
     out["sim_counters"] = dict(timing.counters)
+    out["sim_trace"] = [tuple(e) for e in trace]
     return out
 
 
@@ -227,8 +257,7 @@ def vmm_program() -> list:
 
 
 def test_vmm(rtl: dict) -> None:
-    out = check(rtl, "vmm")
-    report(out)
+    report(check(rtl, "vmm"), "vmm")
 
 
 def vector_program() -> list:
@@ -253,8 +282,7 @@ def vector_program() -> list:
 
 
 def test_vector_sequence(rtl: dict) -> None:
-    out = check(rtl, "vector")
-    report(out)
+    report(check(rtl, "vector"), "vector")
 
 
 def bank_program() -> list:
@@ -273,22 +301,24 @@ def bank_program() -> list:
 
 
 def test_bank_moves(rtl: dict) -> None:
-    out = check(rtl, "bank")
-    report(out)
+    report(check(rtl, "bank"), "bank")
 
 
-def report(out: dict) -> None:
-    """The DRAM commands issued equal the simulator's, kind by kind (the RTL's command stream
-    is the simulator's, only shifted in time); the RTL never finishes earlier than the
-    simulator (every documented difference delays); print both cycle counts."""
+def report(out: dict, name: str = "") -> None:
+    """The RTL's run equals the simulator's: every DRAM command (cycle, channel, command, bank,
+    row, column), the command counts, the instructions and the cycle count."""
     ctr, sim = out["counters"], out["sim_counters"]
-    print(f"rtl cycles {ctr['cycles']} sim {out['sim_cycles']}",
-          {k: v for k, v in ctr.items() if v}, sim)
-    for name, value in ctr.items():
-        if name.startswith("cmd_"):
-            assert value == sim.get(name[4:], 0), name
+    print(f"{name}: rtl cycles {ctr['cycles']} sim {out['sim_cycles']}")
+    # (the simulator books a channel's commands instruction by instruction: order by cycle)
+    got, want = out["trace"], sorted(out["sim_trace"], key=lambda e: (e[0], e[1]))
+    for i, (g, w) in enumerate(zip(got, want)):
+        assert g == w, f"{name}: command {i} differs: RTL {g}, simulator {w}"
+    assert len(got) == len(want), f"{name}: RTL issued {len(got)} commands, simulator {len(want)}"
+    for key, value in ctr.items():
+        if key.startswith("cmd_"):
+            assert value == sim.get(key[4:], 0), key
     assert ctr["instructions"] == sim["instructions"]
-    assert ctr["cycles"] >= out["sim_cycles"]
+    assert ctr["cycles"] == out["sim_cycles"], name
 
 
 PROGRAMS.update({
@@ -297,3 +327,14 @@ PROGRAMS.update({
     "vector": (vector_program(), {}),
     "bank": (bank_program(), {}),
 })
+
+#: Seeds of the random differential programs (each a legal program of ~40 instructions).
+SEEDS = range(6)
+PROGRAMS.update({f"seed{seed}": (random_rtl_program(random.Random(seed), CFG), {})
+                 for seed in SEEDS})
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_random_program_equals_the_models(rtl: dict, seed: int) -> None:
+    """Differential test: a seeded random legal program (PIM moves, MACs, vector ops, SYNC)."""
+    report(check(rtl, f"seed{seed}"), f"seed {seed}")
