@@ -9,6 +9,9 @@ emits them and reads the results back; each test then compares its scenario's re
 bit with :mod:`pimgpt.sim.numerics` (``binop``, ``vexp``, ``vrecip``, ``vrsqrt``, ``vgelu``,
 ``vsum``, ``vmax``, ``vargmax``, ``softmax``, ``layernorm``). Every op's cycle count, from the
 accept to ``done``, must equal the cycle simulator's (``CycleSimulator`` on the same instruction).
+Random back-to-back sequences (independent ranges; interleaved in-place chains) check overlapping
+ops: every result word against the functional machine, ``ready`` in every cycle and every accept
+and ``done`` cycle against :class:`VectorIssue` (the one issue rule, the simulator's too).
 ``PIMGPT_RTL_SAMPLES=<factor>`` multiplies the random sample counts.
 """
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from collections import deque
 
 import numpy as np
 import pytest
@@ -27,9 +31,12 @@ from pimgpt.errors import PimgptError
 from pimgpt.hdl import fp, isa
 from pimgpt.hdl.isa import Opcode as Op
 from pimgpt.hdl.params import preset
-from pimgpt.hdl.vector import PIPELINE_DEPTHS, VectorUnit, op_cycles, op_latency
+from pimgpt.hdl.vector import (GELU_FEEDS, MAX_IN_FLIGHT, PIPELINE_DEPTHS, VectorIssue,
+                                VectorUnit, op_cycles, op_latency, op_timing)
+from pimgpt.mapping.pimbin import PimBinary
 from pimgpt.sim import numerics as nm
 from pimgpt.sim.cycle import CycleSimulator
+from pimgpt.sim.machine import FunctionalMachine
 
 F32, U32 = np.float32, np.uint32
 CANON32 = int(nm.CANON_NAN_F32)
@@ -173,11 +180,12 @@ class Harness:
 
     def load(self, addr: int, values) -> None:
         for i, v in enumerate(np.asarray(values, dtype=F32).view(U32)):
-            w = addr + i
-            self.ctx.set(self.dut.banks[w % L][w // L], int(v))
+            w, lanes = addr + i, self.dut.lanes
+            self.ctx.set(self.dut.banks[w % lanes][w // lanes], int(v))
 
     def read(self, addr: int, n: int) -> np.ndarray:
-        return np.array([self.ctx.get(self.dut.banks[w % L][w // L])
+        lanes = self.dut.lanes
+        return np.array([self.ctx.get(self.dut.banks[w % lanes][w // lanes])
                          for w in range(addr, addr + n)], dtype=U32)
 
     async def op(self, opcode: Op, dst: int = 0, a: int = 0, b: int = 0, n: int = 0,
@@ -194,7 +202,7 @@ class Harness:
         ctx.set(dut.i_op.valid, 0)
         cycles = 1
         while not ctx.get(dut.done):
-            ok &= bool(ctx.get(dut.busy)) and not ctx.get(dut.i_op.ready)
+            ok &= bool(ctx.get(dut.busy))
             await ctx.tick()
             cycles += 1
             assert cycles < 100_000
@@ -586,6 +594,294 @@ def test_layernorm_sequence_bit_exact(rtl):
         _assert_bits(f"layernorm(n={x.size})", [_u32(x)], got, want)
 
 
+# --- overlapping ops: back-to-back sequences ----------------------------------------------------
+
+_ALL_OPS = (Op.VADD, Op.VSUB, Op.VMUL, Op.VADDI, Op.VMULI, Op.VSET, Op.VMOV, Op.VEXP, Op.VRECIP,
+            Op.VRSQRT, Op.VGELU, Op.VSUM, Op.VMAX, Op.VARGMAX)
+_BINARY = (Op.VADD, Op.VSUB, Op.VMUL)
+
+
+def _spans(o: dict) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """(reads, writes) of an op as ``CycleSimulator._vector`` and the controller see them."""
+    op, n = o["opcode"], o["n"]
+    reads = [] if op is Op.VSET else [(o["a"], n)]
+    if op in _BINARY:
+        reads.append((o["b"], 1 if o["bcast"] else n))
+    if op in (Op.VSUM, Op.VMAX):
+        writes = [(o["dst"], 1)]
+    else:
+        writes = [] if op is Op.VARGMAX else [(o["dst"], n)]
+    return [r for r in reads if r[1]], [w for w in writes if w[1]]
+
+
+def _conflict(o: dict, other: dict) -> bool:
+    """``o`` reads what ``other`` writes or writes what it reads or writes (the scoreboard)."""
+    r1, w1 = _spans(o)
+    r2, w2 = _spans(other)
+
+    def meet(xs, ys):
+        return any(a < c + m and c < a + n for a, n in xs for c, m in ys)
+
+    return meet(r1, w2) or meet(w1, r2 + w2)
+
+
+async def issue_sequence(h: Harness, ops: list[dict], asic=None) -> dict:
+    """Feed ``ops`` to the unit as fast as it takes them, as the controller does: op ``k`` is
+    presented from ``gap`` cycles after op ``k - 1`` was accepted, once no op in flight conflicts
+    with it through memory (ops completing in this cycle no longer count). Every cycle an op is
+    presented, ``ready`` must equal the issue rule's verdict; ``busy`` must equal "an op is in
+    flight that does not complete now". Returns the accept and done cycles (the rule's and
+    the unit's), the rule's binding parts, every VARGMAX's ``result`` at its done and the
+    vector memory before and after."""
+    ctx, dut = h.ctx, h.dut
+    if ctx.get(dut.done):  # the last op of Harness.op completes now: start when it has
+        await ctx.tick()
+    rule = VectorIssue(asic or CFG.asic)
+    words = dut.asic.vmem_words
+    before = h.read(0, words)
+    flight: deque = deque()  # (index, done the rule predicts)
+    out = {"accept": [], "done": [], "want_done": [], "result": {}, "bad": [], "binding": []}
+    k, cyc, present_from = 0, 0, ops[0]["gap"] if ops else 0
+    while k < len(ops) or flight:
+        if ctx.get(dut.done):
+            if not flight:
+                out["bad"].append(f"done in cycle {cyc} with nothing in flight")
+            else:
+                i, want = flight.popleft()
+                out["done"].append(cyc)
+                out["want_done"].append(want)
+                if ops[i]["opcode"] is Op.VARGMAX:
+                    out["result"][i] = ctx.get(dut.result)
+        if bool(ctx.get(dut.busy)) != bool(flight):
+            out["bad"].append(f"busy {ctx.get(dut.busy)} in cycle {cyc}, {len(flight)} in flight")
+        valid = (k < len(ops) and cyc >= present_from
+                 and not any(_conflict(ops[k], ops[i]) for i, _ in flight))
+        if valid:
+            o = ops[k]
+            ctx.set(dut.i_op.payload, {f: o[f] for f in ("opcode", "dst", "a", "b", "n",
+                                                         "bcast", "imm")})
+        ctx.set(dut.i_op.valid, int(valid))
+        if valid:
+            ready = bool(ctx.get(dut.i_op.ready))
+            bounds = rule.bounds(o["opcode"], o["n"], cyc)
+            want = max(bounds.values()) == cyc
+            if ready != want:
+                out["bad"].append(f"op {k} ({o['opcode'].name} n={o['n']}) cycle {cyc}: ready "
+                                  f"{ready}, rule {bounds}")
+            if ready:
+                out["binding"].append(max(bounds, key=lambda b: (bounds[b], b != "t")))
+                out["accept"].append(cyc)
+                flight.append((k, rule.accept(o["opcode"], o["n"], cyc)))
+                k += 1
+                present_from = cyc + 1 + (ops[k]["gap"] if k < len(ops) else 0)
+        await ctx.tick()
+        cyc += 1
+        assert cyc < 200_000
+    ctx.set(dut.i_op.valid, 0)
+    out["before"], out["after"] = before, h.read(0, words)
+    out["cycles"] = cyc
+    return out
+
+
+def golden_sequence(cfg, ops: list[dict], before: np.ndarray) -> FunctionalMachine:
+    """The ops run in program order on the functional machine (each VARGMAX writes its own
+    register ``rd``)."""
+    fm = FunctionalMachine(cfg)
+    code = [isa.make(o["opcode"], **{f: int(o[f]) for f in ("dst", "a", "b", "n", "bcast",
+                                                             "imm", "rd")}) for o in ops]
+    fm.load(PimBinary(config=cfg, code=code + [isa.make(Op.END)],
+                      constants=[(0, before.view(F32))], image=None))
+    fm.run()
+    return fm
+
+
+def check_sequence(cfg, ops: list[dict], out: dict) -> None:
+    """Every result word and VARGMAX index bit for bit, every accept and done cycle as the issue
+    rule says (``ready`` was checked against it in every cycle an op was presented)."""
+    assert out["bad"] == []
+    assert len(out["accept"]) == len(ops) == len(out["done"])
+    assert out["done"] == out["want_done"]
+    for k, o in enumerate(ops):
+        assert out["done"][k] - out["accept"][k] == op_cycles(cfg.asic, o["opcode"], o["n"])
+    fm = golden_sequence(cfg, ops, out["before"])
+    got, want = out["after"], fm.vmem.view(U32)
+    bad = np.flatnonzero(got != want)
+    assert bad.size == 0, [(int(w), _h32(got[w]), _h32(want[w])) for w in bad[:10]]
+    for i, r in out["result"].items():
+        assert r == fm.regs[ops[i]["rd"]], (i, r)
+
+
+def _pattern_words(rng, n: int) -> np.ndarray:
+    """Half random bit patterns (every class), half ordinary numbers."""
+    return np.where(rng.random(n) < 0.5, _f32_patterns(rng, n),
+                    (rng.standard_normal(n) * 4).astype(F32).view(U32)).astype(U32)
+
+
+def random_ops(rng, count: int, words: int, ops=_ALL_OPS, max_n: int = 40) -> list[dict]:
+    """Random ops on independent ranges: operands from the lower quarter of vector memory
+    (never written), results bumped through the rest; mostly back to back (``gap`` 0), few
+    elements (many ops in flight), some empty ops."""
+    out, ptr, rd = [], words // 4, 0
+    for _ in range(count):
+        op = ops[int(rng.integers(len(ops)))]
+        n = int(rng.choice([1, 1, 2, L - 1, L, L + 1, int(rng.integers(1, 3 * L + 1)),
+                            int(rng.integers(1, max_n + 1))]))
+        if rng.random() < 0.03 and op is not Op.VMAX:
+            n = 0  # (the functional machine writes NaN for an empty VMAX; the unit nothing)
+        if op is Op.VARGMAX:
+            if rd == 15:
+                op = Op.VMAX
+            else:
+                rd += 1
+        width = 0 if op is Op.VARGMAX else 1 if op in (Op.VSUM, Op.VMAX) else n
+        if ptr + width + 2 > words:
+            ptr = words // 4
+        bcast = int(op in _BINARY and rng.random() < 0.3)
+        out.append({"opcode": op, "n": n, "dst": ptr, "a": int(rng.integers(0, words // 4 - n)),
+                    "b": int(rng.integers(0, words // 4 - n)), "bcast": bcast,
+                    "imm": int(_f32_patterns(rng, 1)[0]), "rd": rd if op is Op.VARGMAX else 0,
+                    "gap": int(rng.choice([0] * 12 + [1, 2, int(rng.integers(3, 40))]))})
+        ptr += width + int(rng.integers(0, 3))
+    return out
+
+
+def chain_ops(rng, chains: int, rounds: int, base: int) -> tuple[list[dict], list]:
+    """``chains`` independent in-place chains (the softmax / GELU / LayerNorm steps, each on its
+    own buffer) interleaved step by step: each op waits for its chain's previous op (RAW) while
+    ops of the other chains overlap it. Returns the ops and the buffers to load."""
+    loads, progs = [], []
+    rd = 0
+    for c in range(chains):
+        n = int(rng.integers(1, 40))
+        x, y, s = base + 200 * c, base + 200 * c + 80, base + 200 * c + 190
+        loads += [(x, (rng.standard_normal(n) * 3).astype(F32)),
+                  (y, (rng.standard_normal(n)).astype(F32))]
+        steps = []
+        for _ in range(rounds):
+            rd += 1
+            steps += [
+                (Op.VMULI, x, x, 0, n, 0, 0.125), (Op.VMAX, s, x, 0, n, 0, 0),
+                (Op.VSUB, x, x, s, n, 1, 0), (Op.VEXP, x, x, 0, n, 0, 0),
+                (Op.VSUM, s + 1, x, 0, n, 0, 0), (Op.VRECIP, s + 1, s + 1, 0, 1, 0, 0),
+                (Op.VMUL, x, x, s + 1, n, 1, 0), (Op.VADD, x, x, y, n, 0, 0),
+                (Op.VGELU, x, x, 0, n, 0, 0), (Op.VMUL, y, x, x, n, 0, 0),
+                (Op.VSUM, s + 2, y, 0, n, 0, 0), (Op.VRSQRT, s + 2, s + 2, 0, 1, 0, 0),
+                (Op.VARGMAX, 0, x, 0, n, 0, 0), (Op.VMOV, y, x, 0, n, 0, 0),
+            ]
+        progs.append([{"opcode": op, "dst": d, "a": a, "b": b, "n": nn, "bcast": bc,
+                       "imm": int(_u32(F32(imm))), "rd": rd if op is Op.VARGMAX else 0,
+                       "gap": 0} for op, d, a, b, nn, bc, imm in steps])
+    ops = []
+    while any(progs):
+        for p in progs:
+            if p:
+                ops.append(p.pop(0))
+    return ops, loads
+
+
+@scenario
+async def overlap_random(h: Harness, rng) -> list:
+    res = []
+    words = CFG.asic.vmem_words
+    for count, kinds, max_n in ((int(160 * SCALE), _ALL_OPS, 40),
+                                (int(160 * SCALE), _ALL_OPS, 40),
+                                # short long-latency ops: more than MAX_IN_FLIGHT could be
+                                (int(60 * SCALE), (Op.VGELU, Op.VSUM, Op.VARGMAX, Op.VEXP), 2)):
+        h.load(0, _pattern_words(rng, words // 4).view(F32))
+        ops = random_ops(rng, count, words, kinds, max_n)
+        res.append((ops, await issue_sequence(h, ops)))
+    return res
+
+
+@scenario
+async def overlap_chains(h: Harness, rng) -> list:
+    ops, loads = chain_ops(rng, 3, 2, 1000)
+    for addr, x in loads:
+        h.load(addr, x)
+    return [(ops, await issue_sequence(h, ops))]
+
+
+def test_overlap_random_sequences(rtl):
+    """Random back-to-back ops on independent ranges: bit-exact, accepted and done exactly as
+    :class:`VectorIssue` says, with ops of every class overlapping."""
+    binding = []
+    for ops, out in _get(rtl, "overlap_random"):
+        check_sequence(CFG, ops, out)
+        binding += out["binding"]
+        # the unit really overlaps: many ops accepted before the previous one's done
+        early = sum(a < d for a, d in zip(out["accept"][1:], out["done"]))
+        assert early > len(ops) // 2, early
+    # rules 1, 2 and 4 each decided some accepts (rule 3 never binds at these latencies)
+    assert {"read", "write", "in_flight"} <= set(binding), set(binding)
+
+
+def test_overlap_in_place_chains(rtl):
+    """Interleaved in-place chains (softmax, GELU, reductions): bit-exact; each op waits for its
+    chain's previous op (the sequence's scoreboard), the others overlap it."""
+    (ops, out), = _get(rtl, "overlap_chains")
+    check_sequence(CFG, ops, out)
+    early = sum(a < d for a, d in zip(out["accept"][1:], out["done"]))
+    assert early > len(ops) // 4, early
+
+
+#: Slow exp and reciprocal pipelines (latencies beyond what their datapaths need), so that a
+#: VEXP / VRECIP could follow a VGELU before GELU's beats have passed the shared pipeline's
+#: entry: rule 3 of VectorIssue decides there.
+SLOW = CFG.replace(name="tiny-slow-exp", asic=dataclasses.replace(
+    CFG.asic, exp_cycles=52, recip_cycles=44, vector_lanes=2, vmem_words=512))
+
+
+def test_shared_pipelines_rule():
+    """On SLOW, GELU / exp / reciprocal sequences: bit-exact and rule 3 binds."""
+    assert op_latency(SLOW.asic, Op.VEXP) - op_latency(SLOW.asic, Op.VGELU) + GELU_FEEDS["exp"] > 0
+    dut = VectorUnit(SLOW)
+    rng = np.random.default_rng(0x6E1)
+    res = {}
+
+    async def bench(ctx):
+        h = Harness(dut, ctx)
+        h.load(0, _pattern_words(rng, 512).view(F32))
+        ops = random_ops(rng, int(80 * SCALE), 512, (Op.VGELU, Op.VEXP, Op.VRECIP, Op.VADD),
+                         max_n=8)
+        res["ops"], res["out"] = ops, await issue_sequence(h, ops, SLOW.asic)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-9)
+    sim.add_testbench(bench)
+    sim.run()
+    check_sequence(SLOW, res["ops"], res["out"])
+    assert "pipe" in res["out"]["binding"]
+
+
+def test_issue_rule_model():
+    """VectorIssue on its own: op_timing's offsets, the four parts, DRAM-cycle scaling."""
+    a = CFG.asic
+    lat = op_latency(a, Op.VEXP)
+    assert op_timing(a, Op.VEXP, 9) == (3, lat, 3 + lat)
+    assert op_timing(a, Op.VSUM, 9) == (3, 3 + op_latency(a, Op.VSUM) - 1,
+                                        3 + op_latency(a, Op.VSUM))
+    assert op_timing(a, Op.VARGMAX, 0) == (1, 0, 1)
+    r = VectorIssue(a)
+    assert r.accept(Op.VEXP, 9, 0) == 3 + lat
+    assert r.earliest_start(Op.VEXP, 4, 0) == 3  # read port
+    assert r.earliest_start(Op.VADD, 4, 0) == 3 + lat - op_latency(a, Op.VADD)  # write order
+    assert r.earliest_start(Op.VSUM, 0, 0) == 3 + lat  # an empty op waits for every done
+    with pytest.raises(PimgptError, match="before the issue rule allows"):
+        r.accept(Op.VADD, 4, 3)
+    g = VectorIssue(a)
+    g.accept(Op.VGELU, 8, 10)
+    assert g.bounds(Op.VEXP, 1, 0)["pipe"] == 10 + 2 + GELU_FEEDS["exp"]
+    assert g.bounds(Op.VRECIP, 1, 0)["pipe"] == 10 + 2 + GELU_FEEDS["recip"]
+    assert g.bounds(Op.VRSQRT, 1, 0)["pipe"] == 0
+    f = VectorIssue(a)
+    for t in range(MAX_IN_FLIGHT):
+        f.accept(Op.VGELU, 1, t)
+    assert f.earliest_start(Op.VGELU, 1, 0) == op_cycles(a, Op.VGELU, 1)  # the first one's done
+    d = VectorIssue(a, cycles=lambda k: 2 * k)  # DRAM cycles at twice the ASIC clock
+    assert d.accept(Op.VEXP, 9, 4) == 4 + 2 * (3 + lat)
+    assert d.earliest_start(Op.VADD, 4, 0) == 4 + 2 * (3 + lat - op_latency(a, Op.VADD))
+
+
 # --- host port, handshake, cycles ------------------------------------------------------------
 
 @scenario
@@ -616,8 +912,9 @@ def test_host_port(rtl):
 
 
 def test_handshake(rtl):
-    """``ready`` low and ``busy`` high from the accept to ``done``; both idle in the ``done``
-    cycle (the next op could be accepted in it)."""
+    """An op issued alone: ``ready`` high and ``busy`` low when it is accepted, ``busy`` high
+    until ``done``, idle again in the ``done`` cycle (``ready`` against the issue rule in every
+    cycle: ``issue_sequence``)."""
     bad = [(op.name, n) for op, n, _args, _cycles, ok in rtl["log"] if not ok]
     assert bad == []
 
