@@ -30,7 +30,7 @@ from pimgpt.hdl.channel import GEN_ARRAY_ROWS, ChannelPim
 from pimgpt.hdl.controller import Controller
 from pimgpt.hdl.mac import BankMac
 from pimgpt.hdl.params import MachineConfig
-from pimgpt.hdl.sequencer import ChannelSequencer
+from pimgpt.hdl.sequencer import ChannelSequencer, require_single_stream
 from pimgpt.hdl.top import PimGptTop
 from pimgpt.hdl.vector import VectorUnit
 
@@ -130,6 +130,7 @@ def generate(config: MachineConfig, block: str) -> tuple[str, dict[str, Any]]:
     from amaranth.back import verilog
 
     (block,) = check_blocks([block])
+    require_single_stream(config)  # every block belongs to a machine the RTL implements
     component = BLOCKS[block](config)
     with _builtin_yosys():
         text = verilog.convert(component, name=block, emit_src=False)

@@ -79,10 +79,19 @@ class Geometry:
     column_bytes: int  # one column access (burst): the MAC operand width
     mac_lanes: int  # BF16 multipliers per bank MAC unit
     gb_bytes: int  # global buffer (SRAM) per channel
+    #: Global-buffer double-buffering: the buffer is used as two halves, and a channel writes
+    #: the next input chunk into one half (WRGB commands, a data-in command stream) in free
+    #: command-bus cycles while its MACs still read the other half (the compute stream). Input
+    #: chunks are then half a buffer. The cycle simulator models it; the RTL sequencer does
+    #: not (generating RTL for such a machine is an error).
+    gb_double_buffer: bool = False
 
     def __post_init__(self) -> None:
         names = ("channels", "bank_groups", "banks_per_channel", "rows", "row_bytes",
                  "column_bytes", "mac_lanes", "gb_bytes")
+        if not isinstance(self.gb_double_buffer, bool):
+            raise PimgptError(f"geometry.gb_double_buffer must be true or false, not "
+                              f"{self.gb_double_buffer!r}")
         _check_int("geometry", self, names)
         _check_positive("geometry", self, names)
         _check_pow2("geometry", self, names[1:])
@@ -98,10 +107,12 @@ class Geometry:
             raise PimgptError(
                 f"geometry.row_bytes ({self.row_bytes}) must be at least geometry.column_bytes "
                 f"({self.column_bytes})")
-        if self.gb_bytes < self.column_bytes:
+        if self.gb_bytes < self.column_bytes * (2 if self.gb_double_buffer else 1):
             raise PimgptError(
                 f"geometry.gb_bytes ({self.gb_bytes}) must be at least geometry.column_bytes "
-                f"({self.column_bytes})")
+                f"({self.column_bytes})"
+                + (" x 2 (two halves: geometry.gb_double_buffer)" if self.gb_double_buffer
+                   else ""))
 
     @property
     def banks(self) -> int:
@@ -127,6 +138,17 @@ class Geometry:
     def gb_cols(self) -> int:
         """Column-sized slots in the global buffer."""
         return self.gb_bytes // self.column_bytes
+
+    @property
+    def chunk_cols(self) -> int:
+        """Global-buffer columns one input chunk may use: the whole buffer, or one half of it
+        with ``gb_double_buffer`` (chunk k in half k mod 2)."""
+        return self.gb_cols // 2 if self.gb_double_buffer else self.gb_cols
+
+    @property
+    def chunk_elems(self) -> int:
+        """BF16 values of one input chunk (the tiling of every weight VMM; GoldenGPT too)."""
+        return self.chunk_cols * self.mac_lanes
 
     @property
     def bank_elems(self) -> int:

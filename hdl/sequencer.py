@@ -203,6 +203,17 @@ def channel_op(instr: isa.Instruction, config: MachineConfig, channel: int,
     return {"op": op.value, "bank": bank, "col": col, "n": n}
 
 
+def require_single_stream(config: MachineConfig) -> None:
+    """Refuse a machine whose channels the RTL does not implement: global-buffer
+    double-buffering (two command streams per channel) exists only in the cycle simulator."""
+    if config.geometry.gb_double_buffer:
+        raise PimgptError(
+            f"machine '{config.name}' has geometry.gb_double_buffer = true, which the RTL does "
+            f"not implement: the channel sequencer issues one in-order command stream (the "
+            f"double-buffered data-in/compute streams exist only in the cycle simulator); set "
+            f"geometry.gb_double_buffer = false to generate RTL")
+
+
 class ChannelSequencer(wiring.Component):
     """DRAM command sequencer of one PIM channel (module docstring: policy and cycle mapping).
 
@@ -233,6 +244,7 @@ class ChannelSequencer(wiring.Component):
             raise TypeError(f"config must be a MachineConfig, not {config!r}")
         if type(cycle_bits) is not int or cycle_bits < 1:
             raise PimgptError(f"cycle_bits must be a positive integer, not {cycle_bits!r}")
+        require_single_stream(config)
         self._config = config
         self.cycle_bits = cycle_bits
         super().__init__({

@@ -152,12 +152,16 @@ class Compiler:
         self.nb = g.banks_per_channel
         self.nc = g.channels
         self.all_ch = (1 << self.nc) - 1
-        self.chunk = g.gb_elems
+        # input chunk of the tiled VMMs (and the q heads of one load): the whole global buffer,
+        # or half of it when the machine double-buffers it (chunks alternate halves)
+        self.chunk = g.chunk_elems
+        self.gb_half = 0  # the half the next chunk goes to (double-buffered machines)
         dhp = round_up(s.d_head, self.lanes)
-        if dhp > g.gb_elems or dhp > g.row_elems:
+        if dhp > self.chunk or dhp > g.row_elems:
             raise PimgptError(f"model {s.name}: a head of {s.d_head} values (padded {dhp}) "
                               f"does not fit a row ({g.row_elems}) and the global buffer "
-                              f"({g.gb_elems}) of machine '{config.name}'")
+                              f"({self.chunk}{' per half' if g.gb_double_buffer else ''}) of "
+                              f"machine '{config.name}'")
         self.e = Emitter()
         self.dram = DramAllocator(config)
         self.vmem = VmemAllocator(config)
@@ -330,6 +334,17 @@ class Compiler:
 
     # --- code ----------------------------------------------------------------------------------
 
+    def _gb_base(self) -> int:
+        """First global-buffer column for the next input chunk: 0, or on a double-buffered
+        machine the two halves in turn, so a chunk is written while the previous one's MACs
+        still read the other half."""
+        g = self.cfg.geometry
+        if not g.gb_double_buffer:
+            return 0
+        base = self.gb_half * g.chunk_cols
+        self.gb_half ^= 1
+        return base
+
     def _load_vector(self, name: str, vaddr: int) -> None:
         for bank, addr, lo, n in self.vectors.homes[name]:
             self.e(Op.RD_BANK, bank=bank, addr=addr, n=n, vaddr=vaddr + lo)
@@ -362,11 +377,12 @@ class Compiler:
         per_group = self.opts.overlap
         for k, (lo, length, seg, _off) in enumerate(m.chunks):
             cols = seg // self.lanes
-            e(Op.WR_GB, ch_mask=self.all_ch, gb=0, n=cols, vaddr=x + lo)
+            gb = self._gb_base()
+            e(Op.WR_GB, ch_mask=self.all_ch, gb=gb, n=cols, vaddr=x + lo)
             tmp = tmps[(k - 1) % len(tmps)]
             dst = y if k == 0 else tmp
             for grp in range(m.groups):
-                e(Op.MAC_ABK, ch_mask=self.all_ch, addr=m.segment_addr(k, grp), n=cols, gb=0)
+                e(Op.MAC_ABK, ch_mask=self.all_ch, addr=m.segment_addr(k, grp), n=cols, gb=gb)
                 e(Op.RD_MAC, ch_mask=self.all_ch, vaddr=dst + grp * self.banks)
                 if per_group and k == last:
                     o = grp * self.banks
@@ -472,14 +488,15 @@ class Compiler:
         groups = list(range(0, H, hpg))
         for h0 in groups:
             heads = range(h0, min(H, h0 + hpg))
-            e(Op.WR_GB, ch_mask=self.all_ch, gb=0, n=len(heads) * cols, vaddr=qsrc + h0 * dhp)
+            gb = self._gb_base()
+            e(Op.WR_GB, ch_mask=self.all_ch, gb=gb, n=len(heads) * cols, vaddr=qsrc + h0 * dhp)
             e(Op.SLI, rd=R_LOOP, imm=0)
             top = e.pc
             self._slot_base(kp, R_LOOP, R_C)
             e(Op.SMUL, rd=R_D, rs=R_LOOP, imm=self.banks)
             for h in heads:
                 e(Op.MAC_ABK, ch_mask=self.all_ch, addr=kp.region.start + kp.head_offset(h),
-                  addr_reg=R_C, n=cols, gb=(h - h0) * cols)
+                  addr_reg=R_C, n=cols, gb=gb + (h - h0) * cols)
                 e(Op.RD_MAC, ch_mask=self.all_ch, vaddr=self.v_scores + h * self.s_stride,
                   vaddr_reg=R_D)
             e(Op.SADD, rd=R_LOOP, rs=R_LOOP, imm=1)

@@ -37,6 +37,7 @@ identical to issuing every command (``fast=False``), which the tests check on ma
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
@@ -86,7 +87,20 @@ class StepTiming:
 
 
 class _Channel:
-    """Command timing state of one PIM channel."""
+    """Command timing state of one PIM channel.
+
+    By default the channel issues its commands strictly in order. With
+    ``geometry.gb_double_buffer`` it has two in-order command streams: **data-in** (the WRGB
+    commands of WR_GB) and **compute** (every other command). Commands are booked when their
+    instruction reaches the channel, each at the earliest cycle >= its stream's previous command
+    that satisfies every rule of RULES, tFAW and the one-command-per-cycle bus against every
+    command already booked on the channel, earlier *and later* ones, so a booked command never
+    moves: WRGBs fill the command-bus cycles that the compute commands queued before them leave
+    free, without delaying any of them (compute first); compute commands queued after a WR_GB
+    go around its WRGBs. Dependencies go by global-buffer column: a MAC run starts after the
+    last WRGB that wrote one of its columns, a WR_GB after the last MAC that read one of the
+    columns it overwrites.
+    """
 
     def __init__(self, sim: "CycleSimulator", index: int):
         self.sim, self.index = sim, index
@@ -96,20 +110,46 @@ class _Channel:
         self.group = [bank_group(b, sim.cfg) for b in range(self.nb)]
         self.open: list[int | None] = [None] * self.nb
         # last issue cycle of each rule form (indexed by DramCmd value): per bank, per group,
-        # per channel; in-order issue makes "last" the latest
+        # per channel; in-order issue makes "last" the latest (double-buffered: of the compute
+        # stream, whose commands are booked in cycle order)
         self.lb = [[NEVER] * self.nb for _ in DramCmd]
         self.lg = [[NEVER] * self.ngroups for _ in DramCmd]
         self.lc = [NEVER for _ in DramCmd]
-        self.last = -1
+        self.last = -1  # the channel's latest command (either stream)
         self.faw: deque[int] = deque(maxlen=FAW.count)
         self.next_ref = sim.t_refi
         self.counts: Counter = sim.counters
+        self.db = g.gb_double_buffer
+        if self.db:
+            if not hasattr(sim, "db_before"):
+                _db_tables(sim)
+            self._prune_at = 4096
+            self.clast = -1  # compute stream's last command
+            self.dlast = -1  # data-in stream's last WRGB
+            self.wrgb: list[int] = []  # cycles of the booked WRGBs (increasing)
+            self.ccyc: list[int] = []  # cycles of the booked compute commands (increasing)
+            # per rule form: cycles of compute commands that a rule links with WRGB
+            self.cross: dict[int, list[int]] = {f: [] for f in sim.db_after}
+            self.gb_written = [NEVER] * g.gb_cols  # last WRGB into each buffer column
+            self.gb_read = [NEVER] * g.gb_cols  # last MAC reading each buffer column
+            if sim.trace is not None and not isinstance(sim.trace, _CycleOrderedTrace):
+                sim.trace = _CycleOrderedTrace(sim.trace)
+
+    def free_from(self) -> int:
+        """The first cycle at which the channel may issue another command (double-buffered:
+        the earlier of its two streams')."""
+        return (min(self.clast, self.dlast) if self.db else self.last) + 1
 
     # --- one command -------------------------------------------------------------------------
 
     def earliest(self, cmd: DramCmd, bank: int | None, t: int) -> int:
         """First cycle >= t at which ``cmd`` satisfies every rule (bank None: all banks)."""
-        t = max(t, self.last + 1)
+        if self.db:
+            if cmd is C.WRGB:
+                return self._earliest_data_in(t)
+            t = max(t, self.clast + 1)
+        else:
+            t = max(t, self.last + 1)
         form = _FORM[cmd.value]
         for first, scope, d in self.sim.cons[form]:
             if bank is None or scope == _CHANNEL:
@@ -125,21 +165,71 @@ class _Channel:
                 t = prev + d
         if form == _ACT and len(self.faw) == FAW.count:
             t = max(t, self.faw[0] + self.sim.t_faw)
+        if self.db:
+            t = self._around_data_in(form, t)
         return t
+
+    def _around_data_in(self, form: int, t: int) -> int:
+        """Double-buffered: the first cycle >= t at which a compute command of rule form
+        ``form`` keeps every rule with the booked WRGBs, before and after it."""
+        before = self.sim.db_before[form]  # WRGB -> form
+        after = self.sim.db_after.get(form, 0)  # form -> WRGB
+        w = self.wrgb
+        while w:
+            i = bisect_right(w, t)
+            if i and (w[i - 1] == t or w[i - 1] + before > t):
+                t = max(t + 1, w[i - 1] + before)
+                continue
+            if i < len(w) and w[i] < t + after:
+                t = w[i] + max(before, 1)
+                continue
+            return t
+        return t
+
+    def _earliest_data_in(self, t: int) -> int:
+        """Double-buffered: the first cycle >= t after the previous WRGB at which a WRGB keeps
+        every rule with the booked compute commands (before and after it) and finds the command
+        bus free."""
+        sim = self.sim
+        t = max(t, self.dlast + 1, self.dlast + sim.db_ww)
+        busy = self.ccyc
+        while True:
+            moved = False
+            i = bisect_right(busy, t)
+            if i and busy[i - 1] == t:
+                t += 1
+                continue
+            for form, cyc in self.cross.items():
+                if not cyc:
+                    continue
+                j = bisect_right(cyc, t)
+                d = sim.db_after[form]  # form -> WRGB
+                if j and cyc[j - 1] + d > t:
+                    t, moved = cyc[j - 1] + d, True
+                    break
+                d2 = sim.db_before[form]  # WRGB -> form
+                if j < len(cyc) and cyc[j] < t + d2:
+                    t, moved = max(cyc[j] + d, cyc[j] + 1), True
+                    break
+            if not moved:
+                return t
 
     def record(self, cmd: DramCmd, bank: int | None, t: int, row: int | None = None,
                col: int | None = None, repeat: int = 1, step: int = 0) -> None:
         """Book ``repeat`` commands at t, t+step, ... (all rule-legal, checked by the caller)."""
         form = _FORM[cmd.value]
         last_t = t + (repeat - 1) * step
-        if cmd in ALL_BANK_CMDS:
-            self.lb[form] = [last_t] * self.nb
-            self.lg[form] = [last_t] * self.ngroups
-        elif bank is not None:
-            self.lb[form][bank] = last_t
-            self.lg[form][self.group[bank]] = last_t
-        self.lc[form] = last_t
-        self.last = last_t
+        if self.db:
+            self._record_db(cmd, form, t, last_t, repeat, step)
+        if not self.db or cmd is not C.WRGB:
+            if cmd in ALL_BANK_CMDS:
+                self.lb[form] = [last_t] * self.nb
+                self.lg[form] = [last_t] * self.ngroups
+            elif bank is not None:
+                self.lb[form][bank] = last_t
+                self.lg[form][self.group[bank]] = last_t
+            self.lc[form] = last_t
+        self.last = max(self.last, last_t)
         if form == _ACT:
             self.faw.append(t)
         if cmd is C.ACT16:
@@ -157,6 +247,25 @@ class _Channel:
                 self.sim.trace.append(TraceEntry(t + i * step, self.index, cmd, tb, row,
                                                  None if col is None else col + i))
 
+    def _record_db(self, cmd: DramCmd, form: int, t: int, last_t: int, repeat: int,
+                   step: int) -> None:
+        cycles = range(t, last_t + 1, step) if repeat > 1 else (t,)
+        if cmd is C.WRGB:
+            self.dlast = last_t
+            self.wrgb.extend(cycles)
+        else:
+            self.clast = last_t
+            self.ccyc.extend(cycles)
+            if form in self.cross:
+                self.cross[form].extend(cycles)
+        if len(self.wrgb) + len(self.ccyc) > self._prune_at:
+            # a command is never booked before its stream's last one, so entries more than the
+            # longest rule before both streams' last commands can no longer constrain one
+            floor = min(self.clast, self.dlast) - self.sim.db_reach
+            for lst in (self.wrgb, self.ccyc, *self.cross.values()):
+                del lst[:bisect_right(lst, floor)]
+            self._prune_at = max(4096, 2 * (len(self.wrgb) + len(self.ccyc)))
+
     def issue(self, cmd: DramCmd, bank: int | None, t: int, row: int | None = None,
               col: int | None = None) -> int:
         t = self.earliest(cmd, bank, t)
@@ -167,7 +276,7 @@ class _Channel:
 
     def refresh_if_due(self, t: int) -> None:
         """Issue every REF due by cycle ``t`` (closing the rows first), each >= its due time."""
-        while max(t, self.last + 1) >= self.next_ref:
+        while max(t, (self.clast if self.db else self.last) + 1) >= self.next_ref:
             due = self.next_ref
             if any(r is not None for r in self.open):
                 self.issue(C.PREA, None, due)
@@ -191,9 +300,16 @@ class _Channel:
         return False
 
     def column_run(self, cmd: DramCmd, bank: int | None, first_col: int, n: int, t: int,
-                   on_bus: bool = True) -> int:
+                   on_bus: bool = True, gb: int | None = None) -> int:
         """``n`` column commands over consecutive columns (element-column index) starting at
-        ``first_col``, opening rows as needed; returns the cycle of the last one."""
+        ``first_col``, opening rows as needed; returns the cycle of the last one. ``gb``: the
+        first global-buffer column a MAC run reads (double-buffered channels order MACs and
+        WRGBs by the buffer columns they share; None: every column)."""
+        reads_gb = self.db and cmd in (C.MAC, C.MAC16) and n > 0
+        ready = t  # the MACs (not the row commands) wait for their buffer columns
+        if reads_gb:
+            cols = slice(None) if gb is None else slice(gb, gb + n)
+            ready = max(t, max(self.gb_written[cols]) + 1)
         cpr = self.sim.cols_per_row
         c, end, last = first_col, first_col + n, t
         while c < end:
@@ -204,15 +320,18 @@ class _Channel:
             else:
                 self.sim.counters["row_hits"] += k - 1
                 self.sim.counters["row_misses"] += 1
-            last = self._run(cmd, bank, row, col, k, t)
+            last = self._run(cmd, bank, row, col, k, ready)
             c += k
+        if reads_gb:
+            n_cols = len(self.gb_read[cols])
+            self.gb_read[cols] = [last] * n_cols
         return last
 
     def _run(self, cmd: DramCmd, bank: int | None, row: int | None, col: int | None, k: int,
              t: int) -> int:
         """k same-kind commands back to back (no row change in between)."""
         t0 = self.earliest(cmd, bank, t)
-        if k > 1 and self.sim.fast:
+        if k > 1 and self.sim.fast and self._closed_form(cmd, t0):
             # Every rule from an earlier command binds the first one hardest, so the others
             # follow at the spacing the rules between two such commands force.
             step = self.sim.self_step[(_FORM[cmd.value], bank is None)]
@@ -224,9 +343,53 @@ class _Channel:
             tl = self.issue(cmd, bank, tl, row, None if col is None else col + i)
         return tl
 
+    def _closed_form(self, cmd: DramCmd, t0: int) -> bool:
+        """Whether a run starting at t0 follows the fixed spacing: always with one command
+        stream; double-buffered, when no command of the other stream is booked within reach
+        of it (otherwise the event path books it command by command)."""
+        if not self.db:
+            return True
+        other = self.ccyc if cmd is C.WRGB else self.wrgb
+        return not other or other[-1] < t0 - self.sim.db_reach
+
     def channel_cmds(self, cmd: DramCmd, n: int, t: int, col: int | None = None) -> int:
-        """``n`` channel-level commands (WRGB, RDMAC) back to back."""
+        """``n`` channel-level commands (WRGB, RDMAC) back to back; double-buffered, a WRGB run
+        (``col``: its first buffer column) starts after the last MAC reading those columns."""
+        if self.db and cmd is C.WRGB and n > 0:
+            cols = slice(None) if col is None else slice(col, col + n)
+            t = max(t, max(self.gb_read[cols]) + 1)
+            last = self._run(cmd, None, None, col, n, t)
+            n_cols = len(self.gb_written[cols])
+            self.gb_written[cols] = [last] * n_cols
+            return last
         return self._run(cmd, None, None, col, n, t)
+
+
+def _db_tables(sim: "CycleSimulator") -> None:
+    """Rule distances between WRGB and the compute commands (double-buffered channels), by rule
+    form: ``db_before[f]`` WRGB -> f, ``db_after[f]`` f -> WRGB (for the forms some rule links
+    with WRGB), ``db_ww`` WRGB -> WRGB, ``db_reach`` the longest rule (+1)."""
+    w = C.WRGB.value
+    sim.db_before = [max((d for f, _s, d in sim.cons[x] if f == w), default=0)
+                     for x in range(len(sim.cons))]
+    after = {f: max((d for ff, _s, d in sim.cons[w] if ff == f), default=0)
+             for f in range(len(sim.cons)) if f != w}
+    sim.db_after = {f: d for f, d in after.items() if d or sim.db_before[f]}
+    sim.db_ww = max(max((d for f, _s, d in sim.cons[w] if f == w), default=0), 1)
+    sim.db_reach = max([d for rules in sim.cons for _f, _s, d in rules]
+                       + [sim.t_faw, 0]) + 1
+
+
+class _CycleOrderedTrace(list):
+    """The command trace of a double-buffered machine: its two command streams book commands
+    out of cycle order, so each entry is inserted after every entry of a cycle <= its own
+    (the trace stays in cycle order, as ``check-trace`` expects within a channel)."""
+
+    def append(self, entry: TraceEntry) -> None:
+        if not self or self[-1].cycle <= entry.cycle:
+            super().append(entry)
+        else:
+            self.insert(bisect_right(self, entry.cycle, key=lambda e: e.cycle), entry)
 
 
 class CycleSimulator:
@@ -315,7 +478,7 @@ class CycleSimulator:
         if len(self.reads) + len(self.writes) > 32:
             # Nothing later starts before both its dispatch and its unit are free: entries that
             # end by then can no longer delay anything.
-            floor = max(self.dispatch, min([self.vec_free] + [c.last + 1 for c in self.channels]))
+            floor = max(self.dispatch, min([self.vec_free] + [c.free_from() for c in self.channels]))
             self.reads = [e for e in self.reads if e[2] > floor]
             self.writes = [e for e in self.writes if e[2] > floor]
 
@@ -489,7 +652,7 @@ class CycleSimulator:
                 s = max(t, ch.last + 1)
                 self._present(ch, t)
                 cmd = C.MAC16 if bank is None else C.MAC
-                last = ch.column_run(cmd, bank, addr // lanes, n, t)
+                last = ch.column_run(cmd, bank, addr // lanes, n, t, gb=a["gb"])
                 self.counters["mac_columns"] += n * (nb if bank is None else 1)
                 self._span(f"ch{ch.index}", kind, op, s, last + 1)
             return t

@@ -31,7 +31,7 @@ class GoldenGPT:
         self.spec = s = weights.spec
         g = config.geometry
         self.lanes = g.mac_lanes
-        self.chunk = g.gb_elems
+        self.chunk = g.chunk_elems  # VMM input chunk: the buffer, or half of a double buffer
         self.v_chunk = min(g.row_elems, g.gb_elems)  # tokens per V row (compiler's layout)
         self.vlanes = config.asic.vector_lanes
         rb = lambda name: nm.round_bf16(weights.f32(name))  # noqa: E731

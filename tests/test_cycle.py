@@ -130,9 +130,13 @@ def test_refresh_is_issued_every_trefi_and_the_trace_is_legal():
 
 
 @pytest.mark.parametrize("seed", range(50))
-def test_fast_path_equals_event_engine_on_random_programs(seed):
+@pytest.mark.parametrize("double_buffer", [False, True])
+def test_fast_path_equals_event_engine_on_random_programs(seed, double_buffer):
     rng = random.Random(seed)
     config = random_config(rng)
+    if double_buffer:  # two command streams per channel: data-in (WRGB) and compute
+        config = config.replace(geometry=dataclasses.replace(config.geometry,
+                                                             gb_double_buffer=True))
     code = random_program(rng, config, length=rng.randint(20, 80))
     fast, fstep = run(config, code, fast=True)
     slow, sstep = run(config, code, fast=False)

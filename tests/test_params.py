@@ -94,7 +94,9 @@ def test_toml_round_trip_of_a_full_description(tmp_path):
         if group == "name":
             continue
         lines.append(f"[{group}]")
-        lines += [f"{k} = {v!r}" for k, v in values.items()]
+        # TOML spells booleans true/false
+        lines += [f"{k} = {str(v).lower() if isinstance(v, bool) else repr(v)}"
+                  for k, v in values.items()]
     f = tmp_path / "tiny_copy.toml"
     f.write_text("\n".join(lines) + "\n")
     assert load_config(f).hash == TINY.hash
