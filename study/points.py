@@ -20,9 +20,10 @@ grows linearly, so the per-token figures of a whole generation are estimated by 
 interpolation between the timed positions (:func:`interpolation_weights`); when every position
 is timed, the weights are exact (1/N each).
 
-Compile options: the mapping-technique switches, global-buffer double-buffering and the
-scheduling improvements arrive as a frozen dataclass ``CompileOptions`` in
-``pimgpt.mapping.compiler`` passed as ``compile_model(..., options=...)``. A point with options
+Compile options: the mapping-technique switches and the scheduling improvements arrive as a
+frozen dataclass ``CompileOptions`` in ``pimgpt.mapping.compiler`` passed as
+``compile_model(..., options=...)``; global-buffer double-buffering is a machine option
+(``geometry.gb_double_buffer``, an override like any other). A point with options
 needs that class and those fields; :func:`options_available` tells the study which ones exist, so
 a dimension that needs a missing option is reported as pending, never faked.
 """
