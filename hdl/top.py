@@ -383,7 +383,7 @@ class PimGptTop(wiring.Component):
             m.d.comb += asic_en.eq(phase == 0)
         m.submodules.vector = EnableInserter({"sync": asic_en})(vu)
 
-        # --- host ports ----------------------------------------------------------------------------
+        # --- host ports --------------------------------------------------------------------------
         m.d.comb += [
             ctl.start.eq(self.start), self.done.eq(ctl.done), self.running.eq(ctl.running),
             ctl.imem_we.eq(self.imem_we), ctl.imem_addr.eq(self.imem_addr),

@@ -30,7 +30,7 @@ def paper_assumptions(config: MachineConfig) -> MachineConfig:
     checks report both machines."""
     import dataclasses
 
-    return config.replace(name=f"{config.name}-paper-assumptions",
+    return config.replace(name=f"{config.name}-ideal",
                           asic=dataclasses.replace(config.asic, data_path="ideal",
                                                    queue_depth=64))
 
