@@ -224,7 +224,8 @@ class PimGptTop(wiring.Component):
         r_end = Signal.like(row, name="r_end")  # staging: the last row of the whole span
         mod.d.comb += r_end.eq((cur.vaddr + cur.words - 1) >> lgL)
         # rank of this channel among those taking part (RD_MAC / WR_ABK word order)
-        rank = Signal(range(c + 1), name="rank")
+        # (at least 1 bit: channel 0's would be a zero-width wire, `[-1:0]` in the Verilog)
+        rank = Signal(range(max(c + 1, 2)), name="rank")
         mod.d.comb += rank.eq(sum(cur.ch_mask[i] for i in range(c)) if c else 0)
         # a read drains this channel's words: RD_MAC its rank's banks_per_channel, RD_BANK all
         d_lo = Signal(range(cfg.asic.vmem_words + S + 1), name="d_lo")
