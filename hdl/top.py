@@ -10,8 +10,12 @@ One clock, the DRAM command clock (cycle ``x`` of the top is cycle ``x`` of
 ``x % ratio == 0`` counted from reset) and the vector unit (its memory included) is wrapped in an
 ``EnableInserter`` on it, so each of its cycles is one ASIC cycle. The vector unit takes an op
 only in an ``asic_en`` cycle; its ``done`` counts in the ``asic_en`` cycle it is high in, which
-is ``start + asic_cycles(beats + latency)``, the simulator's completion. The controller's
-dispatch and the sequencers run every cycle (dispatch every ``dispatch_step`` cycles, see
+is ``start + asic_cycles(beats + latency)``, the simulator's completion. It overlaps ops by its
+issue rule (:class:`~pimgpt.hdl.vector.VectorIssue`, which the simulator imports): its
+``i_op.ready`` for the op at the ASIC queue's head is the controller's ``vec_idle``, and each
+``done`` (ops complete in the order they started) is a ``vec_release`` of the oldest vector op
+in flight (a VARGMAX's index is on ``result`` in that cycle). The controller's dispatch and the
+sequencers run every cycle (dispatch every ``dispatch_step`` cycles, see
 :mod:`pimgpt.hdl.controller`).
 
 Data movers
