@@ -432,6 +432,7 @@ class CycleSimulator:
         self.counters: Counter = Counter()
         self.channels = [_Channel(self, c) for c in range(self.nc)]
         self.vec_free = 0
+        self.vec_issue = VectorIssue(config.asic, self.asic_cycles)  # the unit's issue rule
         # the ASIC queue (vector and mover ops, started in program order) and the data mover
         self.asic_last = NEVER  # start of the last ASIC-queue op
         self.mover_free = [0] * self.nc  # each channel's data mover
@@ -815,9 +816,7 @@ class CycleSimulator:
         self.counters["vmem_words"] += sum(hi - lo for lo, hi in reads + writes)
         beats = math.ceil(n / self.cfg.asic.vector_lanes)
         # the RTL vector unit's own issue rule (ops overlap; op_latency inside)
-        issue = getattr(self, "vec_issue", None)
-        if issue is None:
-            issue = self.vec_issue = VectorIssue(self.cfg.asic, self.asic_cycles)
+        issue = self.vec_issue
         t = self._room(["asic"], t)
         # the unit takes an op on an ASIC clock edge, in ASIC-queue order
         start = asic_edge(self.cfg, issue.earliest_start(
