@@ -459,7 +459,7 @@ def _tiny_header(p: Path) -> None:
 
 @pytest.mark.parametrize("damage, expected", [
     (_bad_magic, "is not a .pimbin file (bad magic number)"),
-    (_bad_version, "has .pimbin format version 99; this pimgpt reads version 1 only"),
+    (_bad_version, "has .pimbin format version 99; this pimgpt reads version 2 only"),
     (_bad_isa, "was built for a different ISA"),
     (_truncated, "is truncated"),
     (_tiny_header, "is truncated"),
