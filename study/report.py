@@ -283,6 +283,11 @@ def render_markdown(res: dict[str, Any], plots: Sequence[str]) -> str:
              f"beside this report. Machine preset `{st['preset']}`; "
              f"{'QUICK study: fewer positions, repeats and sensitivity points. ' if st['quick'] else ''}"
              f"wall time {st['wall_seconds']:.0f} s.")
+    for r in st.get("reruns", []):
+        # a later re-run of some sensitivity dimensions, merged into these results
+        L.append("")
+        L.append(f"Sensitivity dimensions re-run on {r['date']} (same settings, "
+                 f"{r['why']}): {', '.join(r['dimensions'])}.")
     L.append("")
     L.append("## How the figures are made")
     L.append("")
