@@ -93,6 +93,21 @@ def test_awkward_checkpoint_matches_golden_and_reference(machine, tmp_path):
     assert err <= 0.02 * scale
 
 
+def test_thirty_two_channels_match_golden(tmp_path):
+    """The ISA's 32-bit channel mask: a 32-channel paper machine (512 banks) runs the default
+    model bit for bit, every weight VMM addressing all 32 channels."""
+    import dataclasses
+    config = preset("paper")
+    config = config.replace(name="paper-32ch",
+                            geometry=dataclasses.replace(config.geometry, channels=32))
+    gen, tokens, logits, _ = _run_both(config, builtin_model(DEFAULT_MODEL), [72, 101, 108], 4,
+                                       tmp_path, max_tokens=16)
+    _assert_bit_exact(gen, tokens, logits)
+    binary, _ = compile_model(config, builtin_model(DEFAULT_MODEL), 16, with_image=False)
+    macs = [i for i in binary.code if i.op.name == "MAC_ABK" and i.addr_reg == 0]
+    assert macs and all(i.ch_mask == 0xFFFFFFFF for i in macs)
+
+
 @pytest.mark.parametrize("options", [{"kv_layout": False},
                                      {"kv_layout": False, "overlap": False,
                                       "head_concat": False}])
