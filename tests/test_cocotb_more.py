@@ -1,5 +1,5 @@
 """More block-level cocotb benches on the generated Verilog (issue 5, deliverable 2): the vector
-unit and the channel PIM block, each following driver / monitor / model / scoreboard with the
+unit, the channel PIM block and the controller, each following driver / monitor / model / scoreboard with the
 golden model from the package (see the bench modules' docstrings for what each drives and
 checks).
 
@@ -59,3 +59,17 @@ def test_channel_pim(builds: BlockBuilds, sim: str, case: str, seed: int) -> Non
     builds.run(TINY, "channel_pim", sim, "helpers.tb_channel_pim", seed=seed,
                env={"PIMGPT_CMDS": str(c[sim]), "PIMGPT_GAPS": c["gaps"],
                     "PIMGPT_BAD": str(c["bad"])})
+
+
+#: (programs, instructions per program) per simulator
+CONTROLLER_PROGRAMS = {"icarus": (40, 40), "verilator": (200, 60)}
+
+
+@pytest.mark.parametrize("sim", SIMS_RUN)
+@pytest.mark.parametrize("seed", [31])
+def test_controller_scalar(builds: BlockBuilds, sim: str, seed: int) -> None:
+    """Random scalar / control programs (loops, skips, SYNC): registers against the functional
+    machine, the cycles counter against the cycle simulator (tests/helpers/tb_controller.py)."""
+    programs, length = CONTROLLER_PROGRAMS[sim]
+    builds.run(TINY, "controller", sim, "helpers.tb_controller", seed=seed,
+               env={"PIMGPT_PROGRAMS": str(programs), "PIMGPT_LENGTH": str(length)})
