@@ -1,7 +1,7 @@
-"""More block-level cocotb benches on the generated Verilog (issue 5, deliverable 2): the vector
-unit, the channel PIM block and the controller, each following driver / monitor / model / scoreboard with the
-golden model from the package (see the bench modules' docstrings for what each drives and
-checks).
+"""More block-level cocotb benches on the generated Verilog (issue 5, deliverable 2): the
+vector unit, the channel PIM block and the controller, each following driver / monitor / model /
+scoreboard with the golden model from the package (see the bench modules' docstrings for what
+each drives and checks).
 
 They run on Icarus by default (quick to build; these blocks are large, and Verilator's build
 of them takes minutes); ``PIMGPT_COCOTB_SIMS=icarus,verilator`` adds Verilator.
@@ -69,7 +69,8 @@ CONTROLLER_PROGRAMS = {"icarus": (40, 40), "verilator": (200, 60)}
 @pytest.mark.parametrize("seed", [31])
 def test_controller_scalar(builds: BlockBuilds, sim: str, seed: int) -> None:
     """Random scalar / control programs (loops, skips, SYNC): registers against the functional
-    machine, the cycles counter against the cycle simulator (tests/helpers/tb_controller.py)."""
+    machine, the cycles counter against the cycle simulator; MAC programs: every channel-queue
+    entry against channel_op under random backpressure (tests/helpers/tb_controller.py)."""
     programs, length = CONTROLLER_PROGRAMS[sim]
     builds.run(TINY, "controller", sim, "helpers.tb_controller", seed=seed,
                env={"PIMGPT_PROGRAMS": str(programs), "PIMGPT_LENGTH": str(length)})
