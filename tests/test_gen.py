@@ -87,11 +87,10 @@ def fail(capsys: pytest.CaptureFixture, *args: object) -> str:
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Every block for the tiny preset, written once by ``pimgpt verilog``."""
-    out = tmp_path_factory.mktemp("gen") / "rtl"
-    assert main(["verilog", "--preset", "tiny", "-o", str(out)]) == 0
-    return out
+def tiny_dir(tiny_verilog: Path) -> Path:
+    """Every block for the tiny preset, written once per session by ``pimgpt verilog``
+    (tests/conftest.py; the system test simulates the same ``top``)."""
+    return tiny_verilog
 
 
 def declared_ports(text: str, module: str) -> dict[str, tuple[str, int]]:
