@@ -94,10 +94,12 @@ __all__ = ["MAX_SIM_ARRAY_BYTES", "GEN_ARRAY_ROWS", "ERROR_COUNT_BITS", "read_la
 MAX_SIM_ARRAY_BYTES = 1 << 22
 
 #: Rows per bank the generated Verilog models (``pimgpt verilog``, gen/verilog.py's BLOCKS):
-#: Amaranth writes a memory's initial contents bit by bit, and the ``tiny`` arrays (4 x 16384
-#: words of 256 bits) take minutes to convert and lint; 16 rows keep the block's logic whole and
-#: its arrays at 512 words.
-GEN_ARRAY_ROWS = 16
+#: Amaranth writes a memory's initial contents word by word, and the full ``tiny`` arrays (4 x
+#: 16384 words of 256 bits per channel) make the Verilog huge and slow to convert, lint and
+#: build. 256 rows (2048 words per bank) hold the built-in tiny GPT compiled for ``tiny`` (its
+#: weights and KV space fill 142 rows), so the system test runs the generated top itself; the
+#: RTL device (tests/helpers/rtl_device.py) refuses an image that does not fit.
+GEN_ARRAY_ROWS = 256
 
 #: Width of the saturating protocol-error counter.
 ERROR_COUNT_BITS = 16
