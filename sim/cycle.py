@@ -401,6 +401,8 @@ class CycleSimulator:
         g, clk = config.geometry, config.clocks
         self.fast = fast
         self.trace: list[TraceEntry] | None = [] if trace else None
+        # with the trace: (channel, cycle) each channel op was presented to its sequencer
+        self.presented: list[tuple[int, int]] | None = [] if trace else None
         self.intervals: list[Interval] | None = [] if timeline else None
         self.lanes = g.mac_lanes
         self.cols_per_row = g.cols_per_row
@@ -628,6 +630,8 @@ class CycleSimulator:
     def _present(self, ch: _Channel, t: int) -> None:
         """Channel ``ch`` sees its next op from cycle ``t``: the sequencer refreshes first if
         one is due, then takes the op (the op leaves the channel queue)."""
+        if self.presented is not None:
+            self.presented.append((ch.index, t))
         ch.refresh_if_due(t)
         self.left[ch.index].append(max(t, ch.last + 1))
 

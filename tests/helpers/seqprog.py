@@ -30,8 +30,8 @@ def random_program(config: MachineConfig, rng: random.Random, n_ops: int, big_ga
                    idle_refi: bool) -> list[isa.Instruction]:
     """PIM instructions touching channel 0 (some also others), NOP gaps, END; with
     ``idle_refi`` one gap somewhere lasts a whole tREFI. Every instruction reads or writes
-    vector-memory words no other touches, so none waits on the scoreboard and instruction ``i``
-    is dispatched at ``i * dispatch_step``."""
+    vector-memory words no other touches, so none waits on the scoreboard (when each op reaches
+    the channel is the simulator's to say: :func:`simulator_expectation`)."""
     g = config.geometry
     nb, cpr, lanes, nc = g.banks_per_channel, g.cols_per_row, g.mac_lanes, g.channels
     rows = rng.sample(range(g.rows - 1), 3) + [g.rows - 1]  # few rows: hits and misses
@@ -88,9 +88,11 @@ def random_program(config: MachineConfig, rng: random.Random, n_ops: int, big_ga
 
 def simulator_expectation(config: MachineConfig, code: list[isa.Instruction], channel: int = 0
                           ) -> tuple[list[tuple[int, dict[str, int]]], list[Entry], int]:
-    """Run ``code`` on ``CycleSimulator(fast=False, trace=True)``: the channel's ops with their
-    dispatch cycles (for the sequencer), its command trace, and the cycle the run ends (the
-    idle channel's refreshes up to then included, as the sequencer issues them by itself)."""
+    """Run ``code`` on ``CycleSimulator(fast=False, trace=True)``: the channel's ops with the
+    cycles the simulator presents them to the channel (dispatch, or later for a data op whose
+    mover must stage first or a queue that was full), its command trace, and the cycle the run
+    ends (the idle channel's refreshes up to then included, as the sequencer issues them by
+    itself)."""
     sim = CycleSimulator(config, fast=False, trace=True)
     sim.load_code(code)
     sim.run()
@@ -98,6 +100,8 @@ def simulator_expectation(config: MachineConfig, code: list[isa.Instruction], ch
     sim.channels[channel].refresh_if_due(end)
     want = sorted(entry(e.cycle, e.cmd, e.bank, e.row, e.column)
                   for e in sim.trace if e.channel == channel and e.cycle < end)
-    ops = [(i * sim.dispatch_step, op) for i, ins in enumerate(code)
-           if (op := channel_op(ins, config, channel)) is not None]
+    ops = [op for ins in code if (op := channel_op(ins, config, channel)) is not None]
+    times = [t for c, t in sim.presented if c == channel]
+    assert len(times) == len(ops), (len(times), len(ops))
+    ops = list(zip(times, ops))
     return ops, want, end
