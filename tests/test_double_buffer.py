@@ -1,3 +1,4 @@
+# amaranth: UnusedElaboratable=no
 """Global-buffer double-buffering (``geometry.gb_double_buffer``).
 
 Checked: the option is validated and off by default (every preset keeps one in-order command
