@@ -1,4 +1,4 @@
-# SDC for the ASIC clock of machine 'tiny' (config hash d37f57b7aaf9b740), written by pimgpt; regenerate with 'pimgpt constraints'.
+# SDC for the ASIC clock of machine 'tiny' (config hash 94b076f3ff88e833), written by pimgpt; regenerate with 'pimgpt constraints'.
 # Blocks in this domain: controller, vector_unit.
 # clocks.asic_mhz = 1000 MHz -> period 1.0000 ns. Assumptions: I/O paths get 20% of the period outside the block; clock uncertainty 5% of the period.
 create_clock -name asic_clk -period 1.0000 [get_ports clk]

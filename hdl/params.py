@@ -396,7 +396,9 @@ TINY = MachineConfig(
                       row_bytes=256, column_bytes=32, mac_lanes=16, gb_bytes=256),
     clocks=Clocks(dram_mhz=2000.0, asic_mhz=1000.0, io_gbps_per_pin=16.0, io_pins_per_channel=16),
     timing=AIM_GDDR6_TIMING,
-    asic=Asic(vector_lanes=4, vmem_words=16384, imem_words=16384),
+    # 4,096 instruction words hold the tiny GPT's 1,125 with room to spare; Yosys takes time
+    # quadratic in a memory's initialised words to read the generated Verilog (16,384: 5 min)
+    asic=Asic(vector_lanes=4, vmem_words=16384, imem_words=4096),
 )
 
 #: The paper's organisation on a generic GDDR6 timing set and 1 GHz command clock.
