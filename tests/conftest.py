@@ -9,6 +9,22 @@ import pytest
 
 from pimgpt.cli import main
 
+#: lines for the run's "figures" section (simulator speeds and the like, kept in CI logs)
+_FIGURES: list[str] = []
+
+
+@pytest.fixture(scope="session")
+def report_figure():
+    """A function that adds one line to the figures printed at the end of the test run."""
+    return _FIGURES.append
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if _FIGURES:
+        terminalreporter.section("figures")
+        for line in _FIGURES:
+            terminalreporter.write_line(line)
+
 
 @pytest.fixture(scope="session")
 def tiny_verilog(tmp_path_factory: pytest.TempPathFactory) -> Path:

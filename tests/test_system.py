@@ -93,7 +93,7 @@ def devices(request: pytest.FixtureRequest):
 
 
 @pytest.mark.parametrize("backend", sorted([*BACKENDS, "rtl"]))
-def test_tiny_gpt_on_every_backend(program, devices, backend: str) -> None:
+def test_tiny_gpt_on_every_backend(program, devices, backend: str, report_figure) -> None:
     binary, tokens, logits = program
     device = devices(backend)
     device.load(binary)
@@ -109,6 +109,11 @@ def test_tiny_gpt_on_every_backend(program, devices, backend: str) -> None:
         # the host's register writes between runs take RTL clock cycles, so each run starts
         # at another refresh and ASIC-clock phase than back to back: the simulator started at
         # the RTL's own first-dispatch cycles must take exactly the RTL's cycles
+        cycles = device.runs[-1]["end"] + 1  # since reset, host turnarounds included
+        wall = sum(r["wall_s"] for r in device.runs)
+        report_figure(f"system test, rtl on {RTL_SIM}: {len(device.runs)} runs, {cycles:,} "
+                      f"cycles in {wall:.1f} s: {cycles / wall:,.0f} cycles/s (build "
+                      f"{device.build.build_seconds:.0f} s)")
         _, timings = simulate_on_rtl_timeline(TINY, binary, device.runs)
         assert gen.cycles == [t.cycles for t in timings]
         assert gen.cycles == [r["counters"]["cycles"] for r in device.runs]
