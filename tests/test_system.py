@@ -3,7 +3,9 @@
 The built-in ``tiny`` model compiled for the ``tiny`` machine runs prefill plus 8 generated
 tokens through :func:`pimgpt.sim.device.generate` on each backend. Every backend must produce
 the golden model's tokens and, bit for bit, its logits at every step; timed backends must take,
-run by run, exactly the cycles the cycle simulator predicts for the same token stream.
+run by run, exactly the cycles the cycle simulator predicts for the same token stream (for the
+RTL, whose host turnarounds between runs take cycles, the simulator started at each run's own
+first-dispatch cycle).
 
 Backends: those of :data:`pimgpt.sim.device.BACKENDS` plus ``rtl``, the generated Verilog top
 (``pimgpt verilog --preset tiny``, generated once per session by tests/conftest.py) under cocotb
