@@ -10,7 +10,7 @@ first-dispatch cycle).
 Backends: those of :data:`pimgpt.sim.device.BACKENDS` plus ``rtl``, the generated Verilog top
 (``pimgpt verilog --preset tiny``, generated once per session by tests/conftest.py) under cocotb
 on Verilator (:mod:`helpers.rtl_device`; ``PIMGPT_RTL_SIM=icarus`` runs it on Icarus instead,
-which takes over an hour: ~65 cycles/s against Verilator's ~32,000; ``PIMGPT_WAVES=1`` writes
+which takes about two hours: 40-65 cycles/s against Verilator's ~34,000; ``PIMGPT_WAVES=1`` writes
 its waveform and prints the path). :func:`test_rtl_command_trace`
 checks the DRAM command trace of the RTL's generation: no timing or protocol violation, and
 command for command the cycle simulator's trace of the same runs started at the RTL's cycles.
