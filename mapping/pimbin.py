@@ -83,6 +83,12 @@ class PimBinary:
     #: uint16 BF16 bit patterns, shape (config.geometry.banks, n_elems); None = layout only.
     image: np.ndarray | None = None
 
+    def require_machine(self, config: MachineConfig) -> None:
+        """Refuse to run on ``config`` unless the program was compiled for it (same hash)."""
+        if self.config.hash != config.hash:
+            raise PimgptError(f"program was compiled for machine '{self.config.name}', not "
+                              f"'{config.name}'")
+
 
 @dataclass(frozen=True)
 class Section:

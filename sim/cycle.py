@@ -493,9 +493,7 @@ class CycleSimulator:
 
     def load(self, binary: PimBinary) -> None:
         """Take a program (checked against this configuration)."""
-        if binary.config.hash != self.cfg.hash:
-            raise PimgptError(f"program was compiled for machine '{binary.config.name}', not "
-                              f"'{self.cfg.name}'")
+        binary.require_machine(self.cfg)
         self.load_code(binary.code, binary.meta)
 
     def load_code(self, code: Sequence[isa.Instruction], meta: dict | None = None) -> None:

@@ -102,9 +102,7 @@ class FunctionalMachine:
 
     def load(self, binary: PimBinary) -> None:
         """Take a program and its DRAM image (checked against this machine's configuration)."""
-        if binary.config.hash != self.cfg.hash:
-            raise PimgptError(f"program was compiled for machine '{binary.config.name}', not "
-                              f"'{self.cfg.name}'")
+        binary.require_machine(self.cfg)
         g = self.cfg.geometry
         self.code = [(ins.op, {f.name: int(ins.args.get(f.name, 0))
                                for f in isa.FIELDS[isa.format_of(ins.op)]})

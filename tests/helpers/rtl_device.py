@@ -372,9 +372,7 @@ class RtlDevice:
 
     def load(self, binary: PimBinary) -> None:
         """Program, DRAM image and constants, as :meth:`FunctionalMachine.load` takes them."""
-        if binary.config.hash != self.cfg.hash:
-            raise PimgptError(f"program was compiled for machine '{binary.config.name}', not "
-                              f"'{self.cfg.name}'")
+        binary.require_machine(self.cfg)
         g = self.cfg.geometry
         if len(binary.code) > self.cfg.asic.imem_words:
             raise PimgptError(f"{len(binary.code)} instructions exceed the instruction memory")
